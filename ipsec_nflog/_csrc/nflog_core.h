@@ -1,0 +1,87 @@
+/* ipsec_nflog C core: NFLOG sockets (libnetfilter_log), a reader thread and a byte ring
+ * of ready LINKTYPE_NFLOG pcap records. Every function returns 0 (or a count) on success
+ * and -errno on failure; the Python binding turns that into exceptions in one place. */
+#ifndef IPSEC_NFLOG_CORE_H
+#define IPSEC_NFLOG_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define NFC_MAX_GROUPS 32
+
+struct nfc_params {
+    uint32_t snaplen;      /* copy range, already clamped to the kernel's 65531 */
+    uint32_t qthreshold;   /* packets queued in the kernel before a flush */
+    uint32_t timeout_cs;   /* kernel flush timeout, 1/100 s */
+    uint32_t nlbufsiz;     /* kernel batch skb size (clamped and reported back) */
+    int32_t rcvbuf;        /* requested SO_RCVBUF(FORCE) in bytes, 0 = leave alone */
+    uint16_t flags;        /* NFULNL_CFG_F_* */
+};
+
+struct nfc_group_stats {
+    uint32_t group;
+    uint32_t nlbufsiz;           /* effective (clamped) */
+    int32_t rcvbuf;              /* SO_RCVBUF read back from the socket */
+    uint32_t portid;             /* netlink port id of the socket */
+    uint64_t received_packets;   /* packet messages read from the socket */
+    uint64_t received_bytes;     /* record bytes (header + body) of those */
+    uint64_t delivered_packets;  /* records handed to and released by the consumer */
+    uint64_t delivered_bytes;
+    uint64_t ring_drop_packets;  /* ring full: records not stored */
+    uint64_t ring_drop_bytes;
+    uint64_t seq_gap_packets;    /* kernel loss: missing NFULA_SEQ numbers */
+    uint64_t seq_gap_events;
+    uint64_t enobufs_events;     /* recv() failed with ENOBUFS: the socket overran */
+    uint64_t socket_drops;       /* sk_drops via SO_MEMINFO (Drops in /proc/net/netlink) */
+    uint64_t setup_discarded;    /* packets libnfnetlink read while configuring */
+    uint64_t datagrams;          /* recv() calls that returned data */
+    uint64_t max_datagram;       /* largest datagram seen, bytes */
+    uint64_t truncated_datagrams;/* MSG_TRUNC: recv buffer too small (must stay 0) */
+    uint64_t timestamps_synthesized;
+    uint64_t netlink_errors;     /* NLMSG_ERROR messages with an error code */
+    uint64_t malformed;          /* messages too short to be NFLOG packets */
+};
+
+struct nfc_batch {
+    const char *data;   /* first record */
+    uint64_t nbytes;    /* bytes of whole records */
+    uint32_t count;     /* records */
+};
+
+struct nfc_capture;
+
+const char *nfc_version(void);
+
+/* Open one nflog handle per group, bind and configure it. netns_fd >= 0 opens the sockets
+ * inside that network namespace (from a helper thread; the caller's namespace is left
+ * alone). On failure *failed_group names the group and *failed_op the operation. */
+int nfc_open(struct nfc_capture **out, const uint16_t *groups, uint32_t ngroups,
+             const struct nfc_params *params, char *ring, uint64_t ring_size, int netns_fd,
+             int32_t *failed_group, const char **failed_op);
+/* Start the reader thread that drains the sockets into the ring. */
+int nfc_start(struct nfc_capture *c);
+/* Wait up to timeout_ms (-1: forever) for pending records. Returns 1 when records are
+ * pending, 0 on timeout or stop, -EINTR when a signal arrived. */
+int nfc_wait(struct nfc_capture *c, int timeout_ms);
+/* Hand out the oldest pending records (at most max_packets/max_bytes, at least one record
+ * when any is pending). Only one batch may be out at a time: -EBUSY otherwise. */
+int nfc_peek(struct nfc_capture *c, uint32_t max_packets, uint64_t max_bytes,
+             struct nfc_batch *batch);
+/* Return the batch's space to the ring and count it as delivered. */
+int nfc_release(struct nfc_capture *c);
+/* Pending (not yet handed out) records and bytes. */
+int nfc_pending(struct nfc_capture *c, uint64_t *packets, uint64_t *bytes);
+/* Snapshot per-group counters into out[0..n); returns the number of groups. */
+int nfc_stats(struct nfc_capture *c, struct nfc_group_stats *out, uint32_t n);
+/* An eventfd that is readable while records are pending (for select/asyncio). */
+int nfc_event_fd(struct nfc_capture *c);
+/* Stop the reader thread (the ring keeps its records). */
+int nfc_stop(struct nfc_capture *c);
+/* Stop, close the sockets (the kernel drops the group bindings) and free. */
+void nfc_close(struct nfc_capture *c);
+
+/* Pure helper used by the reader and exposed for tests: build a pcap record header for
+ * one NFLOG message body. Returns the orig_len it computed. */
+uint32_t nfc_orig_len(const unsigned char *body, uint32_t len);
+
+#endif

@@ -1,0 +1,32 @@
+"""The one module that owns the compiled core's ``ffi`` and ``lib``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._version import __version__
+from .errors import LibraryMissingError
+
+__all__ = ["ffi", "lib"]
+
+try:
+    from . import _nflog_cffi  # type: ignore[attr-defined]
+except ImportError as exc:  # pragma: no cover - depends on the build
+    msg = str(exc)
+    if "libnetfilter_log" in msg or "libmnl" in msg:
+        hint = "install the system library: apt-get install libnetfilter-log1 libmnl0"
+    else:
+        hint = "build it: pip install . (needs libnetfilter-log-dev libmnl-dev pkg-config gcc)"
+    raise LibraryMissingError(
+        f"ipsec_nflog's compiled core is not available ({msg}); {hint}"
+    ) from exc
+
+ffi: Any = _nflog_cffi.ffi
+lib: Any = _nflog_cffi.lib
+
+_built = ffi.string(lib.nfc_version()).decode()
+if _built != __version__:  # pragma: no cover - a stale build
+    raise LibraryMissingError(
+        f"ipsec_nflog's compiled core is version {_built} but the package is {__version__}; "
+        "rebuild it with pip install .",
+    )

@@ -1,0 +1,308 @@
+"""Live NFLOG capture: the Python face of the C core.
+
+The C reader thread drains the kernel into a ring of ready pcap records; Python takes them
+in batches (``read_batch``) as memoryviews over the ring, or one parsed ``Packet`` at a time.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+from typing import Any, Optional, Union
+
+from .config import CaptureConfig
+from .errors import raise_for_errno
+from .netns import open_netns, run_in_netns
+from .packet import IfnameResolver, Packet, iter_records
+from .stats import CaptureStats, GroupStats
+
+__all__ = ["Batch", "Capture"]
+
+NFULNL_CFG_F_SEQ = 0x0001
+NFULNL_CFG_F_SEQ_GLOBAL = 0x0002
+_WAIT_SLICE_MS = 250  # bounded waits keep close() from another thread prompt
+
+
+def _ifname_resolver(netns: Optional[str]) -> IfnameResolver:
+    @lru_cache(maxsize=256)
+    def resolve(index: int) -> Optional[str]:
+        try:
+            return run_in_netns(netns, lambda: socket.if_indextoname(index))
+        except OSError:
+            return None
+
+    return resolve
+
+
+class Batch:
+    """A run of consecutive records in the ring, valid until ``release()`` (or the next
+    ``read_batch``). ``data`` is the records exactly as a LINKTYPE_NFLOG pcap file stores
+    them (host byte order), so ``file.write(batch.data)`` writes them."""
+
+    __slots__ = ("_capture", "_released", "count", "data", "nbytes")
+
+    def __init__(self, capture: Capture, data: memoryview, count: int) -> None:
+        self._capture = capture
+        self.data = data
+        self.count = count
+        self.nbytes = len(data)
+        self._released = False
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Packet]:
+        """Parsed packets; each owns a copy of its bytes and outlives the batch."""
+        return iter_records(self.data, self._capture._ifname)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.data.release()
+            self._capture._release(self)
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else f"{self.nbytes} bytes"
+        return f"<Batch {self.count} records, {state}>"
+
+
+class Capture:
+    """Capture one or more NFLOG groups.
+
+    >>> with Capture(groups=[5]) as cap:          # doctest: +SKIP
+    ...     for pkt in cap.packets(count=10, timeout=5):
+    ...         print(pkt.prefix, pkt.ip)
+    """
+
+    def __init__(
+        self,
+        groups: Union[int, Iterable[int], None] = None,
+        *,
+        config: Optional[CaptureConfig] = None,
+        **options: Any,
+    ) -> None:
+        if config is None:
+            g = (groups,) if isinstance(groups, int) else tuple(groups if groups is not None
+                                                                 else (0,))
+            config = CaptureConfig(groups=g, **options)
+        elif groups is not None or options:
+            extra = dict(options)
+            if groups is not None:
+                extra["groups"] = (groups,) if isinstance(groups, int) else tuple(groups)
+            config = config.replace(**extra)
+        self.config = config
+        self._lock = threading.Lock()  # serialises consumer calls against close()
+        self._c: Any = None
+        self._batch: Optional[Batch] = None
+        self._stopped = False
+        self._ifname = _ifname_resolver(config.netns)
+
+        from ._native import ffi, lib  # the compiled core is needed from here on
+
+        self._ffi, self._lib = ffi, lib
+        self._ring = mmap.mmap(-1, config.ring_size)
+        self._ring_c = ffi.from_buffer("char[]", self._ring)
+        self._open()
+
+    def _open(self) -> None:
+        ffi, lib, cfg = self._ffi, self._lib, self.config
+        params = ffi.new("struct nfc_params *", {
+            "snaplen": cfg.effective_snaplen,
+            "qthreshold": cfg.qthreshold,
+            "timeout_cs": cfg.timeout_cs,
+            "nlbufsiz": cfg.nlbufsiz,
+            "rcvbuf": cfg.rcvbuf,
+            "flags": NFULNL_CFG_F_SEQ | NFULNL_CFG_F_SEQ_GLOBAL,
+        })
+        groups = ffi.new("uint16_t[]", list(cfg.groups))
+        out = ffi.new("struct nfc_capture **")
+        failed_group = ffi.new("int32_t *")
+        failed_op = ffi.new("const char **")
+        netns_fd = open_netns(cfg.netns) if cfg.netns else -1
+        try:
+            rc = lib.nfc_open(out, groups, len(cfg.groups), params, self._ring_c,
+                              cfg.ring_size, netns_fd, failed_group, failed_op)
+        finally:
+            if netns_fd >= 0:
+                os.close(netns_fd)
+        self._c = out[0]
+        if rc < 0:
+            op = ffi.string(failed_op[0]).decode() if failed_op[0] != ffi.NULL else "open"
+            group = failed_group[0] if failed_group[0] >= 0 else None
+            self._free()
+            raise_for_errno(rc, op, group, netns=cfg.netns)
+        rc = lib.nfc_start(self._c)
+        if rc < 0:
+            self._free()
+            raise_for_errno(rc, "start the reader thread")
+
+    # -- consumer ----------------------------------------------------------------------
+    def read_batch(
+        self,
+        max_packets: int = 65536,
+        timeout: Optional[float] = None,
+        max_bytes: int = 8 * 1024 * 1024,
+    ) -> Optional[Batch]:
+        """The next run of records, or ``None`` on timeout or when the capture is stopped
+        and drained. ``timeout=None`` waits until records arrive; 0 does not wait. The
+        previous batch is released first."""
+        if max_packets < 1 or max_bytes < 1:
+            raise ValueError("max_packets and max_bytes must be positive")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ffi, lib = self._ffi, self._lib
+        b = ffi.new("struct nfc_batch *")
+        while True:
+            with self._lock:
+                if self._c is None:
+                    return None
+                if self._batch is not None:
+                    self._batch.release()
+                n = lib.nfc_peek(self._c, max_packets, max_bytes, b)
+                if n < 0:
+                    raise_for_errno(n, "read a batch")
+                if n > 0:
+                    off = int(ffi.cast("uintptr_t", b.data)) - int(
+                        ffi.cast("uintptr_t", self._ring_c))
+                    view = memoryview(self._ring)[off : off + b.nbytes]
+                    self._batch = Batch(self, view, n)
+                    return self._batch
+                if self._stopped:
+                    return None
+                c = self._c
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            wait_ms = _WAIT_SLICE_MS if remaining is None else min(
+                _WAIT_SLICE_MS, max(1, int(remaining * 1000)))
+            rc = lib.nfc_wait(c, wait_ms)  # the GIL is released while C waits
+            if rc < 0 and rc != -4:  # -EINTR: let Python run its signal handlers
+                raise_for_errno(rc, "wait for packets")
+
+    def _release(self, batch: Batch) -> None:
+        if self._batch is batch:
+            self._batch = None
+            if self._c is not None:
+                self._lib.nfc_release(self._c)
+
+    def packets(self, count: Optional[int] = None,
+                timeout: Optional[float] = None) -> Iterator[Packet]:
+        """Parsed packets until ``count`` are yielded, ``timeout`` seconds pass without the
+        wanted packets, or the capture stops. Each packet owns its bytes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        left = count
+        while left is None or left > 0:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            batch = self.read_batch(max_packets=left or 65536, timeout=remaining)
+            if batch is None:
+                return
+            # One copy of the run, then the ring space goes straight back to the reader.
+            data = bytes(batch.data)
+            batch.release()
+            for pkt in iter_records(data, self._ifname):
+                yield pkt
+            if left is not None:
+                left -= batch.count
+
+    def __iter__(self) -> Iterator[Packet]:
+        return self.packets()
+
+    def fileno(self) -> int:
+        """Readable while records are pending. Drain with ``read_batch(timeout=0)`` until it
+        returns None before waiting on it again."""
+        if self._c is None:
+            raise ValueError("capture is closed")
+        return int(self._lib.nfc_event_fd(self._c))
+
+    def pending(self) -> tuple[int, int]:
+        """(records, bytes) waiting in the ring."""
+        p = self._ffi.new("uint64_t[2]")
+        with self._lock:
+            if self._c is None:
+                return (0, 0)
+            self._lib.nfc_pending(self._c, p, p + 1)
+        return int(p[0]), int(p[1])
+
+    def stats(self) -> CaptureStats:
+        """Counters per group; after close(), the final counters (``pending_packets`` are
+        then the records that were never read)."""
+        with self._lock:
+            if self._c is None:
+                return self._final_stats or CaptureStats(ring_size=self.config.ring_size)
+            return self._stats_unlocked()
+
+    _final_stats: Optional[CaptureStats] = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def stop(self, drain: Optional[float] = None) -> None:
+        """Stop reading from the kernel; records already in the ring can still be read.
+        ``drain`` seconds (default: the flush timeout plus 50 ms) first let the kernel
+        flush what it has queued, so the tail of a capture is not cut off."""
+        if self._c is None or self._stopped:
+            return
+        wait = self.config.flush_timeout + 0.05 if drain is None else drain
+        if wait > 0:
+            time.sleep(wait)
+        self._lib.nfc_stop(self._c)  # joins the reader; wakes waiters via the stop fd
+        self._stopped = True
+
+    def close(self) -> None:
+        """Stop and release everything; safe to call more than once."""
+        if self._c is None:
+            return
+        self._lib.nfc_stop(self._c)
+        self._stopped = True
+        with self._lock:
+            if self._c is None:
+                return
+            self._final_stats = self._stats_unlocked()
+            if self._batch is not None:
+                self._batch._released = True
+                self._batch.data.release()
+                self._batch = None
+            self._free()
+
+    def _stats_unlocked(self) -> CaptureStats:
+        ffi, lib = self._ffi, self._lib
+        n = len(self.config.groups)
+        arr = ffi.new("struct nfc_group_stats[]", n)
+        pend = ffi.new("uint64_t[2]")
+        k = lib.nfc_stats(self._c, arr, n)
+        lib.nfc_pending(self._c, pend, pend + 1)
+        groups = {int(arr[i].group): GroupStats.from_mapping(arr[i]) for i in range(k)}
+        return CaptureStats(groups, int(pend[0]), int(pend[1]), self.config.ring_size)
+
+    def _free(self) -> None:
+        if self._c is not None:
+            self._lib.nfc_close(self._c)
+            self._c = None
+
+    @property
+    def closed(self) -> bool:
+        return self._c is None
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._c is None else ("stopped" if self._stopped else "running")
+        return f"<Capture groups={list(self.config.groups)} {state}>"

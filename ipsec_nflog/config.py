@@ -1,0 +1,94 @@
+"""Capture configuration: one object, validated before any socket opens."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+from .netns import validate_netns_name
+
+__all__ = ["KERNEL_SNAPLEN_MAX", "NLBUFSIZ_MAX", "NLBUFSIZ_MIN", "CaptureConfig"]
+
+KERNEL_SNAPLEN_MAX = 65531  # NFULNL_COPY_RANGE_MAX = 0xffff - NLA_HDRLEN
+PCAP_SNAPLEN_MAX = 262144  # tcpdump's -s limit; larger asks are errors, not clamps
+NLBUFSIZ_MIN = 4096
+NLBUFSIZ_MAX = 131072  # the kernel ignores larger values without an error
+MAX_GROUPS = 32
+MiB = 1024 * 1024
+
+
+def _int(name: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, not {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Everything a capture needs. The defaults are the fast ones: the kernel batches up to
+    ``qthreshold`` packets or ``nlbufsiz`` bytes per message and flushes after
+    ``flush_timeout`` seconds; a large socket buffer and ring absorb bursts.
+
+    ``snaplen`` 0 means the kernel's maximum (65531); larger values up to 262144 are
+    accepted like tcpdump's ``-s`` and capped to 65531 (``effective_snaplen``).
+    """
+
+    groups: tuple[int, ...] = (0,)
+    snaplen: int = 0
+    qthreshold: int = 1000
+    flush_timeout: float = 0.1
+    nlbufsiz: int = NLBUFSIZ_MAX
+    rcvbuf: int = 64 * MiB
+    ring_size: int = 64 * MiB
+    netns: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        groups = self.groups
+        if isinstance(groups, int) and not isinstance(groups, bool):
+            groups = (groups,)
+        if isinstance(groups, (str, bytes)) or not isinstance(groups, Iterable):
+            raise ValueError(f"groups must be a list of integers, not {groups!r}")
+        gs = tuple(_int("NFLOG group", g, 0, 65535) for g in groups)
+        if not gs:
+            raise ValueError("at least one NFLOG group is needed")
+        if len(set(gs)) != len(gs):
+            raise ValueError(f"NFLOG groups repeat: {list(gs)}")
+        if len(gs) > MAX_GROUPS:
+            raise ValueError(f"at most {MAX_GROUPS} groups per capture, got {len(gs)}")
+        object.__setattr__(self, "groups", gs)
+        _int("snaplen", self.snaplen, 0, PCAP_SNAPLEN_MAX)
+        _int("qthreshold", self.qthreshold, 1, 2**32 - 1)
+        ft = self.flush_timeout
+        if isinstance(ft, bool) or not isinstance(ft, (int, float)) or not 0 <= ft <= 42949672:
+            raise ValueError(f"flush_timeout must be 0..42949672 seconds, got {ft!r}")
+        _int("nlbufsiz", self.nlbufsiz, NLBUFSIZ_MIN, NLBUFSIZ_MAX)
+        _int("rcvbuf", self.rcvbuf, 0, 2**31 - 1)
+        _int("ring_size", self.ring_size, 64 * 1024, 2**40)
+        if self.netns is not None:
+            validate_netns_name(self.netns)
+
+    @property
+    def effective_snaplen(self) -> int:
+        return KERNEL_SNAPLEN_MAX if self.snaplen == 0 else min(self.snaplen, KERNEL_SNAPLEN_MAX)
+
+    @property
+    def timeout_cs(self) -> int:
+        """Flush timeout in the kernel's unit, 1/100 s."""
+        return int(round(self.flush_timeout * 100))
+
+    @classmethod
+    def low_latency(cls, groups: Union[int, Iterable[int]], **kw: Any) -> CaptureConfig:
+        """One packet per netlink message: receive times (and so the synthesized timestamps
+        of OUTPUT/POSTROUTING packets) stay close to real time, at a much higher CPU cost
+        per packet."""
+        kw.setdefault("qthreshold", 1)
+        kw.setdefault("flush_timeout", 0.0)
+        kw.setdefault("nlbufsiz", NLBUFSIZ_MIN)
+        return cls(groups=tuple(groups) if not isinstance(groups, int) else (groups,), **kw)
+
+    def replace(self, **changes: Any) -> CaptureConfig:
+        return dataclasses.replace(self, **changes)

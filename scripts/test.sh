@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Install everything, then run the whole test suite (lint, types, unit, privileged).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install.sh
+export PATH="$PWD/.venv/bin:$PATH"
+echo "== ruff"; ruff check ipsec_nflog tests benchmarks
+echo "== mypy"; mypy
+echo "== pytest"
+exec pytest "$@"
