@@ -10,7 +10,7 @@ from .errors import LibraryMissingError
 __all__ = ["ffi", "lib"]
 
 try:
-    from . import _nflog_cffi  # type: ignore[attr-defined]
+    from . import _nflog_cffi
 except ImportError as exc:  # pragma: no cover - depends on the build
     msg = str(exc)
     if "libnetfilter_log" in msg or "libmnl" in msg:
@@ -21,8 +21,8 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         f"ipsec_nflog's compiled core is not available ({msg}); {hint}"
     ) from exc
 
-ffi: Any = _nflog_cffi.ffi
-lib: Any = _nflog_cffi.lib
+ffi: Any = getattr(_nflog_cffi, "ffi")  # noqa: B009 - the module has no stubs
+lib: Any = getattr(_nflog_cffi, "lib")  # noqa: B009
 
 _built = ffi.string(lib.nfc_version()).decode()
 if _built != __version__:  # pragma: no cover - a stale build

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from .config import CaptureConfig
 from .errors import raise_for_errno
@@ -28,9 +28,9 @@ NFULNL_CFG_F_SEQ_GLOBAL = 0x0002
 _WAIT_SLICE_MS = 250  # bounded waits keep close() from another thread prompt
 
 
-def _ifname_resolver(netns: Optional[str]) -> IfnameResolver:
+def _ifname_resolver(netns: str | None) -> IfnameResolver:
     @lru_cache(maxsize=256)
-    def resolve(index: int) -> Optional[str]:
+    def resolve(index: int) -> str | None:
         try:
             return run_in_netns(netns, lambda: socket.if_indextoname(index))
         except OSError:
@@ -89,7 +89,7 @@ class Capture:
         self,
         groups: Union[int, Iterable[int], None] = None,
         *,
-        config: Optional[CaptureConfig] = None,
+        config: CaptureConfig | None = None,
         **options: Any,
     ) -> None:
         if config is None:
@@ -104,7 +104,7 @@ class Capture:
         self.config = config
         self._lock = threading.Lock()  # serialises consumer calls against close()
         self._c: Any = None
-        self._batch: Optional[Batch] = None
+        self._batch: Batch | None = None
         self._stopped = False
         self._ifname = _ifname_resolver(config.netns)
 
@@ -151,9 +151,9 @@ class Capture:
     def read_batch(
         self,
         max_packets: int = 65536,
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
         max_bytes: int = 8 * 1024 * 1024,
-    ) -> Optional[Batch]:
+    ) -> Batch | None:
         """The next run of records, or ``None`` on timeout or when the capture is stopped
         and drained. ``timeout=None`` waits until records arrive; 0 does not wait. The
         previous batch is released first."""
@@ -195,8 +195,8 @@ class Capture:
             if self._c is not None:
                 self._lib.nfc_release(self._c)
 
-    def packets(self, count: Optional[int] = None,
-                timeout: Optional[float] = None) -> Iterator[Packet]:
+    def packets(self, count: int | None = None,
+                timeout: float | None = None) -> Iterator[Packet]:
         """Parsed packets until ``count`` are yielded, ``timeout`` seconds pass without the
         wanted packets, or the capture stops. Each packet owns its bytes."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -209,8 +209,7 @@ class Capture:
             # One copy of the run, then the ring space goes straight back to the reader.
             data = bytes(batch.data)
             batch.release()
-            for pkt in iter_records(data, self._ifname):
-                yield pkt
+            yield from iter_records(data, self._ifname)
             if left is not None:
                 left -= batch.count
 
@@ -241,10 +240,10 @@ class Capture:
                 return self._final_stats or CaptureStats(ring_size=self.config.ring_size)
             return self._stats_unlocked()
 
-    _final_stats: Optional[CaptureStats] = None
+    _final_stats: CaptureStats | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
-    def stop(self, drain: Optional[float] = None) -> None:
+    def stop(self, drain: float | None = None) -> None:
         """Stop reading from the kernel; records already in the ring can still be read.
         ``drain`` seconds (default: the flush timeout plus 50 ms) first let the kernel
         flush what it has queued, so the tail of a capture is not cut off."""

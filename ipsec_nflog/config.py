@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from .netns import validate_netns_name
 
@@ -44,7 +44,7 @@ class CaptureConfig:
     nlbufsiz: int = NLBUFSIZ_MAX
     rcvbuf: int = 64 * MiB
     ring_size: int = 64 * MiB
-    netns: Optional[str] = None
+    netns: str | None = None
 
     def __post_init__(self) -> None:
         groups = self.groups
@@ -78,7 +78,7 @@ class CaptureConfig:
     @property
     def timeout_cs(self) -> int:
         """Flush timeout in the kernel's unit, 1/100 s."""
-        return int(round(self.flush_timeout * 100))
+        return round(self.flush_timeout * 100)
 
     @classmethod
     def low_latency(cls, groups: Union[int, Iterable[int]], **kw: Any) -> CaptureConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 __all__ = [
     "GroupBusyError",
@@ -19,7 +19,7 @@ __all__ = [
 class NflogError(OSError):
     """Base class for capture errors; ``.group`` and ``.operation`` say what failed."""
 
-    group: Optional[int] = None
+    group: int | None = None
     operation: str = ""
 
 
@@ -30,15 +30,15 @@ class NflogPermissionError(NflogError, PermissionError):
 class GroupBusyError(NflogError):
     """The group is already bound by another socket (tcpdump, ulogd, another capture)."""
 
-    holder_pid: Optional[int] = None
-    holder_comm: Optional[str] = None
+    holder_pid: int | None = None
+    holder_comm: str | None = None
 
 
 class LibraryMissingError(ImportError):
     """The compiled core or the system libnetfilter_log is missing (says what to install)."""
 
 
-def _make(cls: type[NflogError], err: int, msg: str, group: Optional[int], op: str) -> NflogError:
+def _make(cls: type[NflogError], err: int, msg: str, group: int | None, op: str) -> NflogError:
     e = cls(err, msg)
     e.group = group
     e.operation = op
@@ -48,9 +48,9 @@ def _make(cls: type[NflogError], err: int, msg: str, group: Optional[int], op: s
 def raise_for_errno(
     err: int,
     operation: str,
-    group: Optional[int] = None,
+    group: int | None = None,
     *,
-    netns: Optional[str] = None,
+    netns: str | None = None,
 ) -> NoReturn:
     """Raise the exception for a negative errno returned by the C core."""
     code = -err if err < 0 else err

@@ -11,18 +11,30 @@ import ctypes.util
 import errno
 import os
 import re
+import signal
+import subprocess
 import threading
-from collections.abc import Callable
-from typing import Optional, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-__all__ = ["NETNS_RUN_DIR", "netns_path", "open_netns", "run_in_netns", "validate_netns_name"]
+__all__ = [
+    "NETNS_RUN_DIR",
+    "create_netns",
+    "delete_netns",
+    "netns_path",
+    "ns_argv",
+    "open_netns",
+    "run_cmd",
+    "run_in_netns",
+    "validate_netns_name",
+]
 
 NETNS_RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,254}$")
 
 T = TypeVar("T")
-_libc: Optional[ctypes.CDLL] = None
+_libc: ctypes.CDLL | None = None
 
 
 def _setns(fd: int, nstype: int) -> None:
@@ -55,7 +67,7 @@ def open_netns(name: str) -> int:
         ) from None
 
 
-def run_in_netns(name: Optional[str], fn: Callable[[], T]) -> T:
+def run_in_netns(name: str | None, fn: Callable[[], T]) -> T:
     """Run ``fn`` with the calling *thread* in namespace ``name`` (None: here)."""
     if name is None:
         return fn()
@@ -79,3 +91,40 @@ def run_in_netns(name: Optional[str], fn: Callable[[], T]) -> T:
     if error:
         raise error[0]
     return result[0]
+
+
+def ns_argv(netns: str | None, argv: Sequence[str]) -> list[str]:
+    """argv that runs ``argv`` inside ``netns`` (unchanged when netns is None)."""
+    return (["ip", "netns", "exec", validate_netns_name(netns)] if netns else []) + list(argv)
+
+
+def run_cmd(argv: Sequence[str], *, netns: str | None = None, check: bool = True,
+            input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a command (never through a shell), optionally inside a namespace."""
+    return subprocess.run(ns_argv(netns, argv), check=check, capture_output=True, text=True,
+                          input=input, timeout=timeout)
+
+
+def create_netns(name: str) -> str:
+    """``ip netns add NAME`` with loopback up."""
+    run_cmd(["ip", "netns", "add", validate_netns_name(name)])
+    try:
+        run_cmd(["ip", "link", "set", "lo", "up"], netns=name)
+    except BaseException:
+        delete_netns(name)
+        raise
+    return name
+
+
+def delete_netns(name: str) -> None:
+    """Kill whatever still runs inside (``ip netns del`` does not), then delete. Never raises."""
+    try:
+        pids = run_cmd(["ip", "netns", "pids", name], check=False).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        run_cmd(["ip", "netns", "del", name], check=False)
+    except Exception:
+        pass

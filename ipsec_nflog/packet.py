@@ -12,7 +12,7 @@ import socket
 import struct
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 __all__ = [
     "ATTR_NAMES",
@@ -69,7 +69,7 @@ _HOOKS = {
 }
 
 
-def hook_name(family: int, hook: Optional[int]) -> str:
+def hook_name(family: int, hook: int | None) -> str:
     """Name of a netfilter hook number in a protocol family ("?" when unknown)."""
     if hook is None:
         return "?"
@@ -100,18 +100,18 @@ def orig_len_from_payload(payload: Buffer, caplen: int) -> int:
     return caplen + (total - n) if total > n else caplen
 
 
-def _u32(v: bytes) -> Optional[int]:
+def _u32(v: bytes) -> int | None:
     return int.from_bytes(v[:4], "big") if len(v) >= 4 else None
 
 
-def _u16(v: bytes) -> Optional[int]:
+def _u16(v: bytes) -> int | None:
     return int.from_bytes(v[:2], "big") if len(v) >= 2 else None
 
 
-IfnameResolver = Callable[[int], Optional[str]]
+IfnameResolver = Callable[[int], str | None]
 
 
-def _default_ifname(index: int) -> Optional[str]:
+def _default_ifname(index: int) -> str | None:
     try:
         return socket.if_indextoname(index)
     except OSError:
@@ -141,9 +141,9 @@ class Packet:
         raw: bytes,
         ts_sec: int = 0,
         ts_usec: int = 0,
-        orig_len: Optional[int] = None,
+        orig_len: int | None = None,
         byteorder: str = _HOST,
-        ifname_resolver: Optional[IfnameResolver] = None,
+        ifname_resolver: IfnameResolver | None = None,
     ) -> None:
         if len(raw) < 4:
             raise ParseError(f"NFLOG record body is {len(raw)} bytes, shorter than nfgenmsg")
@@ -151,7 +151,7 @@ class Packet:
         self.ts_sec = ts_sec
         self.ts_usec = ts_usec
         self.orig_len = len(raw) if orig_len is None else orig_len
-        self._attrs: Optional[dict[int, Any]] = None
+        self._attrs: dict[int, Any] | None = None
         self._ifname = ifname_resolver or _default_ifname
         self._ip: Any = None
         if byteorder != _HOST:
@@ -184,12 +184,12 @@ class Packet:
         return self.attrs.get(t)
 
     @property
-    def hw_protocol(self) -> Optional[int]:
+    def hw_protocol(self) -> int | None:
         v = self._get(NFULA.PACKET_HDR)
         return _u16(v) if v is not None else None
 
     @property
-    def hook(self) -> Optional[int]:
+    def hook(self) -> int | None:
         v = self._get(NFULA.PACKET_HDR)
         return v[2] if v is not None and len(v) >= 3 else None
 
@@ -198,18 +198,18 @@ class Packet:
         return hook_name(self.family, self.hook)
 
     @property
-    def mark(self) -> Optional[int]:
+    def mark(self) -> int | None:
         v = self._get(NFULA.MARK)
         return _u32(v) if v is not None else None
 
     @property
-    def kernel_timestamp(self) -> Optional[float]:
+    def kernel_timestamp(self) -> float | None:
         """NFULA_TIMESTAMP in seconds, or ``None`` when the kernel sent none."""
         v = self._get(NFULA.TIMESTAMP)
         if v is None or len(v) < 16:
             return None
         sec, usec = struct.unpack_from(">QQ", v)
-        return sec + usec / 1e6
+        return float(sec + usec / 1e6)
 
     @property
     def timestamp(self) -> float:
@@ -219,47 +219,47 @@ class Packet:
     def timestamp_synthesized(self) -> bool:
         return NFULA.TIMESTAMP not in self.attrs
 
-    def _ifindex(self, t: int) -> Optional[int]:
+    def _ifindex(self, t: int) -> int | None:
         v = self._get(t)
         return _u32(v) if v is not None else None
 
     @property
-    def indev(self) -> Optional[int]:
+    def indev(self) -> int | None:
         return self._ifindex(NFULA.IFINDEX_INDEV)
 
     @property
-    def outdev(self) -> Optional[int]:
+    def outdev(self) -> int | None:
         return self._ifindex(NFULA.IFINDEX_OUTDEV)
 
     @property
-    def physindev(self) -> Optional[int]:
+    def physindev(self) -> int | None:
         return self._ifindex(NFULA.IFINDEX_PHYSINDEV)
 
     @property
-    def physoutdev(self) -> Optional[int]:
+    def physoutdev(self) -> int | None:
         return self._ifindex(NFULA.IFINDEX_PHYSOUTDEV)
 
-    def _name(self, index: Optional[int]) -> Optional[str]:
+    def _name(self, index: int | None) -> str | None:
         return None if index is None else self._ifname(index)
 
     @property
-    def indev_name(self) -> Optional[str]:
+    def indev_name(self) -> str | None:
         return self._name(self.indev)
 
     @property
-    def outdev_name(self) -> Optional[str]:
+    def outdev_name(self) -> str | None:
         return self._name(self.outdev)
 
     @property
-    def physindev_name(self) -> Optional[str]:
+    def physindev_name(self) -> str | None:
         return self._name(self.physindev)
 
     @property
-    def physoutdev_name(self) -> Optional[str]:
+    def physoutdev_name(self) -> str | None:
         return self._name(self.physoutdev)
 
     @property
-    def hwaddr(self) -> Optional[bytes]:
+    def hwaddr(self) -> bytes | None:
         v = self._get(NFULA.HWADDR)
         if v is None or len(v) < 4:
             return None
@@ -267,65 +267,65 @@ class Packet:
         return bytes(v[4 : 4 + n])
 
     @property
-    def hwtype(self) -> Optional[int]:
+    def hwtype(self) -> int | None:
         v = self._get(NFULA.HWTYPE)
         return _u16(v) if v is not None else None
 
     @property
-    def hwheader(self) -> Optional[bytes]:
+    def hwheader(self) -> bytes | None:
         v = self._get(NFULA.HWHEADER)
         return None if v is None else bytes(v)
 
     @property
-    def hwlen(self) -> Optional[int]:
+    def hwlen(self) -> int | None:
         v = self._get(NFULA.HWLEN)
         return _u16(v) if v is not None else None
 
     @property
-    def payload(self) -> Optional[bytes]:
+    def payload(self) -> bytes | None:
         v = self._get(NFULA.PAYLOAD)
         return None if v is None else bytes(v)
 
     @property
-    def prefix(self) -> Optional[str]:
+    def prefix(self) -> str | None:
         v = self._get(NFULA.PREFIX)
         if v is None:
             return None
         return bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace")
 
     @property
-    def uid(self) -> Optional[int]:
+    def uid(self) -> int | None:
         v = self._get(NFULA.UID)
         return _u32(v) if v is not None else None
 
     @property
-    def gid(self) -> Optional[int]:
+    def gid(self) -> int | None:
         v = self._get(NFULA.GID)
         return _u32(v) if v is not None else None
 
     @property
-    def seq(self) -> Optional[int]:
+    def seq(self) -> int | None:
         v = self._get(NFULA.SEQ)
         return _u32(v) if v is not None else None
 
     @property
-    def seq_global(self) -> Optional[int]:
+    def seq_global(self) -> int | None:
         v = self._get(NFULA.SEQ_GLOBAL)
         return _u32(v) if v is not None else None
 
     @property
-    def ct(self) -> Optional[bytes]:
+    def ct(self) -> bytes | None:
         """The nested conntrack attribute (NFULA_CT), undecoded."""
         v = self._get(NFULA.CT)
         return None if v is None else bytes(v)
 
     @property
-    def ct_info(self) -> Optional[int]:
+    def ct_info(self) -> int | None:
         v = self._get(NFULA.CT_INFO)
         return _u32(v) if v is not None else None
 
     @property
-    def vlan(self) -> Optional[tuple[Optional[int], Optional[int]]]:
+    def vlan(self) -> tuple[int | None, int | None] | None:
         """(proto, tci) from the nested NFULA_VLAN attribute."""
         v = self._get(NFULA.VLAN)
         if v is None:
@@ -335,7 +335,7 @@ class Packet:
         return (_u16(p) if p is not None else None, _u16(t) if t is not None else None)
 
     @property
-    def l2hdr(self) -> Optional[bytes]:
+    def l2hdr(self) -> bytes | None:
         v = self._get(NFULA.L2HDR)
         return None if v is None else bytes(v)
 
@@ -405,9 +405,9 @@ def parse_nflog(
     body: Buffer,
     ts_sec: int = 0,
     ts_usec: int = 0,
-    orig_len: Optional[int] = None,
+    orig_len: int | None = None,
     byteorder: str = _HOST,
-    ifname_resolver: Optional[IfnameResolver] = None,
+    ifname_resolver: IfnameResolver | None = None,
 ) -> Packet:
     """Parse one LINKTYPE_NFLOG record body, validating every TLV eagerly."""
     pkt = Packet(bytes(body), ts_sec, ts_usec, orig_len, byteorder, ifname_resolver)
@@ -419,7 +419,7 @@ _REC = struct.Struct(_HOST + "IIII")
 
 
 def iter_records(
-    buf: Buffer, ifname_resolver: Optional[IfnameResolver] = None
+    buf: Buffer, ifname_resolver: IfnameResolver | None = None
 ) -> Iterator[Packet]:
     """Packets from consecutive host-order pcap records (16-byte header + NFLOG body),
     as found in the capture ring. Attributes are decoded lazily."""
@@ -435,7 +435,7 @@ def iter_records(
         yield Packet(mv[start:off].tobytes(), sec, usec, olen, _HOST, ifname_resolver)
 
 
-def decode_ip(payload: Optional[bytes]) -> Any:
+def decode_ip(payload: bytes | None) -> Any:
     """dpkt IPv4/IPv6 object for an IP payload; None for anything else or bad bytes."""
     if not payload:
         return None

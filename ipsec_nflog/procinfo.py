@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 from .netns import run_in_netns
 
@@ -25,8 +24,8 @@ class GroupBinding:
     copy_range: int
     flush_timeout_cs: int
     refcount: int
-    pid: Optional[int] = None
-    comm: Optional[str] = None
+    pid: int | None = None
+    comm: str | None = None
 
     @property
     def copy_mode_name(self) -> str:
@@ -36,8 +35,8 @@ class GroupBinding:
 @dataclass(frozen=True)
 class SocketOwner:
     portid: int
-    pid: Optional[int]
-    comm: Optional[str]
+    pid: int | None
+    comm: str | None
 
 
 def _thread_proc() -> str:
@@ -105,7 +104,7 @@ def _owners_of_inodes(inodes: set[int]) -> dict[int, tuple[int, str]]:
     return found
 
 
-def group_bindings(netns: Optional[str] = None, resolve_owners: bool = True) -> list[GroupBinding]:
+def group_bindings(netns: str | None = None, resolve_owners: bool = True) -> list[GroupBinding]:
     """Every bound NFLOG group in a namespace, with the owning process where it is found."""
 
     def collect() -> tuple[list[tuple[int, ...]], dict[int, int]]:
@@ -117,12 +116,14 @@ def group_bindings(netns: Optional[str] = None, resolve_owners: bool = True) -> 
     out = []
     for r in rows:
         owner = owners.get(inodes.get(r[1], -1))
-        out.append(GroupBinding(*r[:7], pid=owner[0] if owner else None,  # type: ignore[misc]
+        group, portid, qlen, mode, rng, timeout, refs = r[:7]
+        out.append(GroupBinding(group, portid, qlen, mode, rng, timeout, refs,
+                                pid=owner[0] if owner else None,
                                 comm=owner[1] if owner else None))
     return out
 
 
-def find_group_holder(group: int, netns: Optional[str] = None) -> Optional[SocketOwner]:
+def find_group_holder(group: int, netns: str | None = None) -> SocketOwner | None:
     """Who holds ``group``: its netlink port id, and pid/comm where /proc shows them."""
     try:
         for b in group_bindings(netns):

@@ -101,3 +101,39 @@ def no_leaked_threads() -> Iterator[None]:
     leaked = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()
               and not t.daemon]
     assert not leaked, f"threads leaked by the test: {leaked}"
+
+
+class VethPair:
+    """Two namespaces joined by veth: ``a`` (10.99.0.1, fd99::1) and ``b`` (.2, ::2)."""
+
+    a4, b4, a6, b6 = "10.99.0.1", "10.99.0.2", "fd99::1", "fd99::2"
+
+    def __init__(self, a: str, b: str) -> None:
+        self.a, self.b = a, b
+        self.a_ifindex = nstools.ifindex(a, "veth0")
+        self.b_ifindex = nstools.ifindex(b, "veth0")
+
+
+@pytest.fixture
+def veth_pair(netns_factory) -> VethPair:  # type: ignore[no-untyped-def]
+    a, b = netns_factory("a"), netns_factory("b")
+    nstools.add_veth(a, b, f"{VethPair.a4}/24", f"{VethPair.b4}/24",
+                     addr6_a=f"{VethPair.a6}/64", addr6_b=f"{VethPair.b6}/64")
+    return VethPair(a, b)
+
+
+def _task_count() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_native_threads() -> Iterator[None]:
+    """Captures must join their C reader threads on close (Python's threading cannot see
+    them, /proc/self/task can)."""
+    import gc
+
+    before = _task_count()
+    yield
+    gc.collect()
+    after = _task_count()
+    assert after <= before, f"{after - before} native thread(s) leaked by the test"

@@ -1,0 +1,47 @@
+"""Configuration validation and imports that need no privileges."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ipsec_nflog import CaptureConfig
+
+
+def test_config_is_validated_before_any_socket() -> None:
+    for bad in ({"groups": [-1]}, {"groups": [65536]}, {"groups": []}, {"groups": [1, 1]},
+                {"groups": ["5"]}, {"snaplen": -1}, {"snaplen": 300000}, {"nlbufsiz": 1},
+                {"nlbufsiz": 1 << 20}, {"ring_size": 10}, {"qthreshold": 0},
+                {"flush_timeout": -1}, {"netns": "../etc"}):
+        with pytest.raises(ValueError):
+            CaptureConfig(**bad)  # type: ignore[arg-type]
+    assert CaptureConfig(snaplen=0).effective_snaplen == 65531
+    assert CaptureConfig(snaplen=65535).effective_snaplen == 65531
+    assert CaptureConfig(groups=(5,), snaplen=96).effective_snaplen == 96
+
+
+def test_low_latency_preset() -> None:
+    c = CaptureConfig.low_latency([3])
+    assert (c.groups, c.qthreshold, c.timeout_cs) == ((3,), 1, 0)
+
+
+def test_import_and_capture_without_privileges() -> None:
+    """`import ipsec_nflog` needs nothing; a capture without CAP_NET_ADMIN fails clearly."""
+    code = (
+        "import ipsec_nflog\n"
+        "try:\n"
+        "    ipsec_nflog.Capture(groups=[7])\n"
+        "except ipsec_nflog.NflogPermissionError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    argv = [sys.executable, "-c", code]
+    import os
+    import shutil
+
+    if os.geteuid() == 0 and shutil.which("setpriv"):
+        argv = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", *argv]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "refused:" in r.stdout and "CAP_NET_ADMIN" in r.stdout, r.stdout
