@@ -73,6 +73,7 @@ int nfc_release(struct nfc_capture *c);
 int nfc_pending(struct nfc_capture *c, uint64_t *packets, uint64_t *bytes);
 int nfc_stats(struct nfc_capture *c, struct nfc_group_stats *out, uint32_t n);
 int nfc_event_fd(struct nfc_capture *c);
+int nfc_pause(struct nfc_capture *c, int paused);
 int nfc_stop(struct nfc_capture *c);
 void nfc_close(struct nfc_capture *c);
 uint32_t nfc_orig_len(const unsigned char *body, uint32_t len);

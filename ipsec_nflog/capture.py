@@ -242,6 +242,13 @@ class Capture:
 
     _final_stats: CaptureStats | None = None
 
+    def pause_reader(self, paused: bool = True) -> None:
+        """Stall the C reader thread (for tests of loss accounting): the kernel then
+        overruns the socket, which shows as seq gaps, ENOBUFS events and socket drops."""
+        with self._lock:
+            if self._c is not None:
+                self._lib.nfc_pause(self._c, int(paused))
+
     # -- lifecycle ---------------------------------------------------------------------
     def stop(self, drain: float | None = None) -> None:
         """Stop reading from the kernel; records already in the ring can still be read.

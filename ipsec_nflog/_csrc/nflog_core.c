@@ -72,6 +72,7 @@ struct nfc_capture {
     pthread_t thread;
     int thread_running;
     volatile int stopping;
+    volatile int paused; /* tests: stall the reader so the kernel side overruns */
 };
 
 const char *nfc_version(void) { return IPSEC_NFLOG_VERSION; }
@@ -275,7 +276,11 @@ static void *reader_main(void *arg)
     pfd[c->ngroups] = (struct pollfd){.fd = c->stop_fd, .events = POLLIN};
 
     while (!c->stopping) {
-        int r = poll(pfd, c->ngroups + 1, -1);
+        if (c->paused) {
+            poll(&pfd[c->ngroups], 1, 10);
+            continue;
+        }
+        int r = poll(pfd, c->ngroups + 1, 100);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -647,3 +652,9 @@ int nfc_stats(struct nfc_capture *c, struct nfc_group_stats *out, uint32_t n)
 }
 
 int nfc_event_fd(struct nfc_capture *c) { return c->event_fd; }
+
+int nfc_pause(struct nfc_capture *c, int paused)
+{
+    c->paused = paused;
+    return 0;
+}

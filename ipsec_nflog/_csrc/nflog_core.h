@@ -75,6 +75,8 @@ int nfc_pending(struct nfc_capture *c, uint64_t *packets, uint64_t *bytes);
 int nfc_stats(struct nfc_capture *c, struct nfc_group_stats *out, uint32_t n);
 /* An eventfd that is readable while records are pending (for select/asyncio). */
 int nfc_event_fd(struct nfc_capture *c);
+/* Stall (1) or resume (0) the reader thread, so tests can make the kernel side overrun. */
+int nfc_pause(struct nfc_capture *c, int paused);
 /* Stop the reader thread (the ring keeps its records). */
 int nfc_stop(struct nfc_capture *c);
 /* Stop, close the sockets (the kernel drops the group bindings) and free. */

@@ -1,0 +1,108 @@
+"""One-line, tcpdump-like descriptions of packets, with ESP SPI/seq and IKE exchange types.
+Pure Python (dpkt); used by the CLI, the demo and ``read``."""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import struct
+from typing import Any
+
+from .packet import Packet
+
+__all__ = ["describe_ip", "summarize"]
+
+IKE_EXCHANGES = {
+    2: "Main Mode", 4: "Aggressive", 5: "Informational(v1)", 32: "Quick Mode",
+    34: "IKE_SA_INIT", 35: "IKE_AUTH", 36: "CREATE_CHILD_SA", 37: "INFORMATIONAL",
+    43: "IKE_INTERMEDIATE",
+}
+IKE_PORTS = (500, 4500)
+PROTO_ESP, PROTO_AH = 50, 51
+
+
+def _addr(ip: Any) -> tuple[str, str]:
+    fam = socket.AF_INET6 if len(ip.src) == 16 else socket.AF_INET
+    return socket.inet_ntop(fam, ip.src), socket.inet_ntop(fam, ip.dst)
+
+
+def _esp(data: bytes) -> str:
+    if len(data) < 8:
+        return f"ESP truncated ({len(data)} bytes)"
+    spi, seq = struct.unpack_from(">II", data)
+    return f"ESP(spi=0x{spi:08x},seq=0x{seq:x}), length {len(data)}"
+
+
+def _ike(data: bytes, natt: bool) -> str:
+    if natt:
+        if len(data) == 1 and data[0] == 0xFF:
+            return "NAT-keepalive"
+        if len(data) >= 4 and data[:4] == b"\0\0\0\0":
+            data = data[4:]  # non-ESP marker: IKE follows
+        else:
+            return "UDP-encap " + _esp(data)
+    if len(data) < 28:
+        return f"IKE truncated ({len(data)} bytes)"
+    ispi, rspi, _np, ver, xchg, flags, msgid, length = struct.unpack_from(">QQBBBBII", data)
+    role = "I" if flags & 0x08 else "R"
+    kind = "resp" if flags & 0x20 else "req"
+    name = IKE_EXCHANGES.get(xchg, f"exchange {xchg}")
+    return (f"IKEv{ver >> 4} {name} {kind} msgid {msgid} [{role}] "
+            f"spi {ispi:016x}/{rspi:016x}, length {length}")
+
+
+def describe_ip(ip: Any) -> str:
+    """``src > dst: what`` for a dpkt IP/IP6 object."""
+    import dpkt
+
+    src, dst = _addr(ip)
+    p = ip.data
+    proto = ip.p if isinstance(ip, dpkt.ip.IP) else ip.nxt
+    if isinstance(p, dpkt.udp.UDP):
+        body = bytes(p.data)
+        if p.sport in IKE_PORTS or p.dport in IKE_PORTS:
+            what = _ike(body, natt=4500 in (p.sport, p.dport))
+        else:
+            what = f"UDP, length {len(body)}"
+        return f"{src}.{p.sport} > {dst}.{p.dport}: {what}"
+    if isinstance(p, dpkt.tcp.TCP):
+        flags = "".join(c for bit, c in ((0x02, "S"), (0x01, "F"), (0x04, "R"), (0x08, "P"),
+                                         (0x10, "."))
+                        if p.flags & bit)
+        return f"{src}.{p.sport} > {dst}.{p.dport}: Flags [{flags}], length {len(p.data)}"
+    if isinstance(p, (dpkt.icmp.ICMP, dpkt.icmp6.ICMP6)):
+        names = {0: "echo reply", 8: "echo request", 128: "echo request", 129: "echo reply"}
+        what = names.get(p.type, f"type {p.type}")
+        extra = ""
+        if p.type in names and isinstance(p.data, (dpkt.icmp.ICMP.Echo, dpkt.icmp6.ICMP6.Echo)):
+            extra = f", id {p.data.id}, seq {p.data.seq}"
+        v = "ICMP6" if isinstance(p, dpkt.icmp6.ICMP6) else "ICMP"
+        return f"{src} > {dst}: {v} {what}{extra}"
+    data = bytes(p) if not isinstance(p, bytes) else p
+    if proto == PROTO_ESP:
+        return f"{src} > {dst}: {_esp(data)}"
+    if proto == PROTO_AH:
+        spi, seq = struct.unpack_from(">II", data, 4) if len(data) >= 12 else (0, 0)
+        return f"{src} > {dst}: AH(spi=0x{spi:08x},seq=0x{seq:x})"
+    return f"{src} > {dst}: ip-proto-{proto}, length {len(data)}"
+
+
+def summarize(pkt: Packet, *, utc: bool = False) -> str:
+    """``time group prefix hook in/out: ip summary`` for one packet."""
+    tz = datetime.timezone.utc if utc else None
+    t = datetime.datetime.fromtimestamp(pkt.timestamp, tz).strftime("%H:%M:%S.%f")
+    mark = "~" if pkt.timestamp_synthesized else " "
+    devs = f"{pkt.indev_name or pkt.indev or '-'}>{pkt.outdev_name or pkt.outdev or '-'}"
+    prefix = pkt.prefix or ""
+    head = f"{t}{mark}nflog:{pkt.group} {pkt.hook_name:<11} {devs:<15} {prefix!s:<12}"
+    ip = pkt.ip
+    if ip is None:
+        payload = pkt.payload
+        what = f"no IP payload ({len(payload)} bytes)" if payload else "no payload"
+    else:
+        try:
+            what = describe_ip(ip)
+        except Exception as e:  # a summary must never stop a capture
+            what = f"undecodable IP packet ({type(e).__name__})"
+    trunc = f" [truncated {pkt.orig_len - len(pkt.raw)}]" if pkt.orig_len > len(pkt.raw) else ""
+    return f"{head} {what}{trunc}"
