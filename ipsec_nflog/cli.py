@@ -1,0 +1,546 @@
+"""The ``ipsec-nflog`` command (also ``python -m ipsec_nflog``).
+
+Errors are one line on stderr and exit status 2 (1 for runtime failures), never a
+traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TextIO
+
+from ._version import __version__
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DROPS = 0, 1, 2, 3
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"ipsec-nflog: error: {message} (see --help)\n")
+
+
+# ---------------------------------------------------------------------------- helpers --
+
+def _group_arg(text: str) -> list[int]:
+    """``5``, ``nflog:5`` or ``nflog:5,6`` -> [5] / [5, 6]."""
+    body = text[len("nflog:"):] if text.startswith("nflog:") else text
+    out = []
+    for part in body.split(","):
+        if not re.fullmatch(r"\d{1,5}", part) or int(part) > 65535:
+            raise argparse.ArgumentTypeError(
+                f"invalid NFLOG group {text!r}: expected 0..65535 or nflog:N")
+        out.append(int(part))
+    return out
+
+
+def _size_arg(text: str) -> int:
+    m = re.fullmatch(r"(\d+)([kKmMgG]?)(i?[bB]?)", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 64M, 131072)")
+    mult = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2).lower()]
+    return int(m.group(1)) * mult
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer: {text!r}")
+    return int(text)
+
+
+class StatusLine:
+    """A live line on a terminal: rates and drops, redrawn at most twice a second."""
+
+    def __init__(self, stream: TextIO, enabled: bool) -> None:
+        self.stream, self.enabled = stream, enabled
+        self.t0 = self.last_t = time.monotonic()
+        self.last_pkts = self.last_bytes = 0
+        self.shown = False
+
+    def update(self, stats: Any, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self.last_t < 0.5):
+            return
+        dt = max(now - self.last_t, 1e-6)
+        pkts, nbytes = stats.received_packets, stats._sum("received_bytes")
+        pps = (pkts - self.last_pkts) / dt
+        mbs = (nbytes - self.last_bytes) / dt / 1e6
+        self.last_t, self.last_pkts, self.last_bytes = now, pkts, nbytes
+        line = (f"{pkts} pkts  {pps:,.0f} pkt/s  {mbs:.1f} MB/s  "
+                f"drops: {stats.drop_summary()}")
+        self.stream.write("\r\x1b[K" + line)
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+class StopFlag:
+    """SIGINT/SIGTERM end a capture cleanly: the loop sees the flag, drains and closes."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def drop_privileges(user: str) -> None:
+    """setgroups/setgid/setuid to ``user``; from root this also clears every capability."""
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise CliError(f"-Z: no such user {user!r}") from None
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+    if os.getuid() != pw.pw_uid or os.geteuid() != pw.pw_uid:
+        raise CliError(f"-Z: could not become {user!r}")
+
+
+# ---------------------------------------------------------------------------- capture --
+
+def _rules_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {"prefix": args.prefix, "family": args.family}
+    for name in ("reqid", "spi", "proto", "mode", "tunnel_src", "tunnel_dst", "interface",
+                 "backend", "nflog_threshold"):
+        v = getattr(args, name, None)
+        if v is not None:
+            kw[name] = v
+    if args.strict:
+        kw["strict"] = True
+    if args.ike_port:
+        kw["ike_ports"] = tuple(args.ike_port)
+    return kw
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from .capture import Capture
+    from .config import CaptureConfig
+
+    groups = [g for gs in (args.group or []) for g in gs]
+    if not groups:
+        raise CliError("no NFLOG group given: use -g N or -i nflog:N")
+    make = CaptureConfig.low_latency if args.low_latency else CaptureConfig
+    opts: dict[str, Any] = {"snaplen": args.snaplen, "netns": args.netns}
+    for name in ("qthreshold", "nlbufsiz", "rcvbuf", "ring_size"):
+        if getattr(args, name) is not None:
+            opts[name] = getattr(args, name)
+    if args.flush_timeout is not None:
+        opts["flush_timeout"] = args.flush_timeout
+    try:
+        config = make(groups, **opts) if args.low_latency else make(groups=tuple(groups),
+                                                                    **opts)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    if args.rules and args.user:
+        return _capture_with_privileged_parent(args, config)
+    rules_cm = _install_rules(args, groups[0]) if args.rules else None
+    try:
+        with Capture(config=config) as cap:
+            return _capture_loop(args, cap)
+    finally:
+        if rules_cm is not None:
+            rules_cm.remove()
+            if not args.quiet:
+                print(f"removed {args.rules} rules", file=sys.stderr)
+
+
+def _install_rules(args: argparse.Namespace, group: int) -> Any:
+    from . import rules
+
+    handle = rules.install(args.rules, group=group, netns=args.netns, **_rules_kwargs(args))
+    if not args.quiet:
+        print(f"installed {args.rules} rules for group {group} ({handle.backend})",
+              file=sys.stderr)
+    return handle
+
+
+def _capture_with_privileged_parent(args: argparse.Namespace, config: Any) -> int:
+    """-Z with --rules: a small root parent installs the rules, forks the capture (which
+    drops privileges), and removes the rules when the child ends, however it ends."""
+    from .capture import Capture
+
+    handle = _install_rules(args, config.groups[0])
+    try:
+        pid = os.fork()
+        if pid == 0:  # child: capture, then drop privileges inside _capture_loop
+            code = EXIT_FAIL
+            try:
+                with Capture(config=config) as cap:
+                    code = _capture_loop(args, cap)
+            except BaseException as e:  # noqa: BLE001 - report, then leave via _exit
+                print(f"ipsec-nflog: {e}", file=sys.stderr)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        # Parent: let the child handle signals; wait for it whatever happens.
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, lambda signum, frame, pid=pid: os.kill(pid, signum))
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except ChildProcessError:
+                status = EXIT_FAIL << 8
+                break
+            except InterruptedError:
+                continue
+        return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else EXIT_FAIL
+    finally:
+        handle.remove()
+        if not args.quiet:
+            print(f"removed {args.rules} rules", file=sys.stderr)
+
+
+def _open_output(args: argparse.Namespace) -> Any:
+    from .pcapfile import open_writer
+
+    fmt = "pcapng" if args.pcapng else "raw" if args.raw else "pcap" if args.pcap else None
+    return open_writer(
+        args.write, format=fmt, overwrite=args.overwrite, snaplen=args.snaplen or 65535,
+        flush_every_batch=args.packet_buffered,
+        rotate_bytes=args.file_size * 1_000_000 if args.file_size else None,
+        rotate_seconds=args.rotate_seconds, rotate_count=args.file_count,
+    )
+
+
+def _capture_loop(args: argparse.Namespace, cap: Any) -> int:
+    from .summary import summarize
+
+    writer = _open_output(args) if args.write else None
+    if args.user:
+        if writer is not None and hasattr(writer, "chown"):
+            pw = pwd.getpwnam(args.user)
+            writer.chown(pw.pw_uid, pw.pw_gid)
+        drop_privileges(args.user)
+    status = StatusLine(sys.stderr, sys.stderr.isatty() and not args.quiet and bool(writer))
+    deadline = time.monotonic() + args.duration if args.duration else None
+    left = args.count
+    error: BaseException | None = None
+    with StopFlag() as stop:
+        try:
+            while not stop and (left is None or left > 0):
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                batch = cap.read_batch(max_packets=min(left or 65536, 65536), timeout=0.25)
+                if batch is not None:
+                    left = None if left is None else left - batch.count
+                    _emit(batch, writer, summarize)
+                status.update(cap.stats())
+            # Let the kernel flush its queue, then take what is left in the ring.
+            if left is None or left > 0:
+                cap.stop()
+                while (left is None or left > 0) and (
+                        batch := cap.read_batch(max_packets=min(left or 65536, 65536),
+                                                timeout=0)) is not None:
+                    left = None if left is None else left - batch.count
+                    _emit(batch, writer, summarize)
+        except OSError as e:
+            error = e
+        finally:
+            stats = cap.stats()
+            status.clear()
+            if writer is not None:
+                try:
+                    writer.close(stats=stats)
+                except OSError as e:
+                    error = error or e
+    _summary(args, stats, writer, error, stop.signum)
+    if error is not None:
+        return EXIT_FAIL
+    if args.fail_on_drop and stats.lossy:
+        return EXIT_DROPS
+    return EXIT_OK
+
+
+def _emit(batch: Any, writer: Any, summarize: Callable[..., str]) -> None:
+    if writer is not None:
+        writer.write_records(batch.data, batch.count)
+        batch.release()
+        return
+    lines = [summarize(p) for p in batch]
+    batch.release()
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+def _summary(args: argparse.Namespace, stats: Any, writer: Any, error: BaseException | None,
+             signum: int | None) -> None:
+    if args.quiet and error is None:
+        return
+    err = sys.stderr
+    why = f" (stopped by {signal.Signals(signum).name})" if signum else ""
+    print(f"{stats.received_packets} packets received, {stats.delivered_packets} "
+          f"{'written' if writer else 'shown'}{why}", file=err)
+    for g, s in sorted(stats.groups.items()):
+        print(f"  nflog:{g}: received {s.received_packets}, delivered {s.delivered_packets}, "
+              f"kernel loss (seq gaps) {s.seq_gap_packets}, ENOBUFS overruns "
+              f"{s.enobufs_events}, socket drops {s.socket_drops}, ring full "
+              f"{s.ring_drop_packets}", file=err)
+    if stats.pending_packets:
+        print(f"  {stats.pending_packets} packets were still in the ring at exit", file=err)
+    if stats.lossy:
+        print(f"WARNING: packets were lost: {stats.drop_summary()}", file=err)
+    if writer is not None:
+        files = getattr(writer, "paths", None) or [args.write]
+        print(f"files: {', '.join(str(f) for f in files)}", file=err)
+    if error is not None:
+        print(f"ipsec-nflog: capture stopped: {error}", file=err)
+
+
+# ------------------------------------------------------------------------------- read --
+
+def cmd_read(args: argparse.Namespace) -> int:
+    from .packet import hook_name
+    from .pcapfile import read_capture
+    from .summary import summarize
+
+    shown = 0
+    out = sys.stdout
+    for pkt in read_capture(args.file):
+        if args.group is not None and getattr(pkt, "group", None) not in args.group:
+            continue
+        if args.prefix is not None and getattr(pkt, "prefix", None) != args.prefix:
+            continue
+        if args.hook is not None and hook_name(getattr(pkt, "family", 0),
+                                               getattr(pkt, "hook", None)) != args.hook:
+            continue
+        out.write(summarize(pkt, utc=args.utc) + "\n")
+        shown += 1
+        if args.count and shown >= args.count:
+            break
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------ stats --
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .procinfo import group_bindings
+
+    where = f"network namespace {args.netns!r}" if args.netns else "this network namespace"
+    rows = group_bindings(args.netns)
+    if not rows:
+        print(f"no NFLOG groups are bound in {where}")
+        return EXIT_OK
+    print(f"NFLOG groups bound in {where}:")
+    for b in rows:
+        who = f"{b.comm} (pid {b.pid})" if b.pid else f"netlink port {b.portid}"
+        copy = (f"copies packets up to {b.copy_range} bytes" if b.copy_mode == 2
+                else f"copy mode {b.copy_mode_name}")
+        print(f"  group {b.group}: bound by {who}; {copy}; flushes every "
+              f"{b.flush_timeout_cs / 100:.2f} s; {b.queue_len} packets queued in the kernel")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------ rules --
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from . import rules
+
+    if args.action == "show":
+        if args.preset:
+            print(rules.render(args.preset, group=args.group, netns=None,
+                               **_rules_kwargs(args)), end="")
+        else:
+            print(rules.show(netns=args.netns) or "no ipsec_nflog rules installed")
+        return EXIT_OK
+    if args.action == "cleanup":
+        removed = rules.cleanup(netns=args.netns)
+        print(f"removed {len(removed)} stale rule set(s)" +
+              "".join(f"\n  {r}" for r in removed))
+        return EXIT_OK
+    if args.action == "install":
+        if not args.preset:
+            raise CliError("rules install needs a preset")
+        handle = rules.install(args.preset, group=args.group, netns=args.netns, persistent=True,
+                               **_rules_kwargs(args))
+        print(f"installed {args.preset} for group {args.group} ({handle.backend}), tag "
+              f"{handle.tag}; remove with: ipsec-nflog rules remove --tag {handle.tag}")
+        return EXIT_OK
+    if args.action == "remove":
+        if not args.tag:
+            raise CliError("rules remove needs --tag (see 'ipsec-nflog rules show')")
+        removed = rules.remove_tag(args.tag, netns=args.netns)
+        print(f"removed {removed} rule(s) tagged {args.tag}")
+        return EXIT_OK
+    raise CliError(f"unknown rules action {args.action!r}")
+
+
+# ------------------------------------------------------------------------------- keys --
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from . import keys
+
+    return int(keys.main(args))
+
+
+# ------------------------------------------------------------------------------- demo --
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.write, group=args.group)
+
+
+# ----------------------------------------------------------------------------- parser --
+
+def _add_rule_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("rule preset options")
+    g.add_argument("--prefix", help="NFLOG prefix (at most 64 bytes)")
+    g.add_argument("--family", choices=["ipv4", "ipv6", "both"], default="ipv4")
+    g.add_argument("--backend", choices=["iptables", "iptables-legacy", "nft", "nftables"])
+    g.add_argument("--reqid", type=int)
+    g.add_argument("--spi", type=lambda s: int(s, 0))
+    g.add_argument("--proto", choices=["esp", "ah", "ipcomp"])
+    g.add_argument("--mode", choices=["tunnel", "transport"])
+    g.add_argument("--tunnel-src", dest="tunnel_src")
+    g.add_argument("--tunnel-dst", dest="tunnel_dst")
+    g.add_argument("--strict", action="store_true")
+    g.add_argument("--interface", help="interface match / libipsec TUN device")
+    g.add_argument("--ike-port", dest="ike_port", type=int, action="append",
+                   help="extra IKE port (500 and 4500 are always included)")
+    g.add_argument("--nflog-threshold", dest="nflog_threshold", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ipsec-nflog", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--version", action="version", version=f"ipsec-nflog {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("capture", help="capture NFLOG groups (like tcpdump -i nflog:N)")
+    c.add_argument("-g", "--group", type=_group_arg, action="append",
+                   help="NFLOG group (repeatable)")
+    c.add_argument("-i", dest="group", type=_group_arg, action="append",
+                   metavar="nflog:N", help="same as -g, tcpdump style")
+    c.add_argument("-w", "--write", metavar="FILE", help="write packets to FILE")
+    c.add_argument("-s", "--snaplen", type=int, default=0, help="bytes per packet (0: all)")
+    c.add_argument("-c", "--count", type=_positive_int, help="stop after COUNT packets")
+    c.add_argument("--duration", type=_positive_float, help="stop after SECONDS")
+    c.add_argument("-C", dest="file_size", type=_positive_int,
+                   help="rotate when a file reaches this many million bytes")
+    c.add_argument("-G", dest="rotate_seconds", type=_positive_int,
+                   help="rotate every SECONDS")
+    c.add_argument("-W", dest="file_count", type=_positive_int,
+                   help="keep at most this many files (a ring)")
+    c.add_argument("-U", "--packet-buffered", action="store_true",
+                   help="flush the file after every batch")
+    fmt = c.add_mutually_exclusive_group()
+    fmt.add_argument("--pcap", action="store_true", help="pcap (default)")
+    fmt.add_argument("--pcapng", action="store_true", help="pcapng with per-group interfaces")
+    fmt.add_argument("--raw", action="store_true",
+                     help="LINKTYPE_RAW: IP packets only, NFLOG metadata dropped")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    c.add_argument("-Z", dest="user", metavar="USER",
+                   help="drop privileges to USER once the capture is set up")
+    c.add_argument("--netns", metavar="NAME", help="capture inside network namespace NAME")
+    c.add_argument("--rules", metavar="PRESET",
+                   help="install this rule preset for the capture and remove it after")
+    c.add_argument("--fail-on-drop", action="store_true",
+                   help="exit with status 3 if anything was lost")
+    c.add_argument("--low-latency", action="store_true",
+                   help="one packet per netlink message: timely timestamps, more CPU")
+    c.add_argument("--qthreshold", type=int)
+    c.add_argument("--flush-timeout", type=_positive_float, dest="flush_timeout")
+    c.add_argument("--nlbufsiz", type=_size_arg)
+    c.add_argument("--rcvbuf", type=_size_arg)
+    c.add_argument("--ring-size", type=_size_arg, dest="ring_size")
+    c.add_argument("-q", "--quiet", action="store_true", help="no status line or summary")
+    _add_rule_options(c)
+    c.set_defaults(func=cmd_capture)
+
+    r = sub.add_parser("read", help="print a capture file (ours or tcpdump's)")
+    r.add_argument("file")
+    r.add_argument("--group", type=_group_arg, help="only these groups")
+    r.add_argument("--prefix", help="only packets with this prefix")
+    r.add_argument("--hook", type=str.upper, help="only this hook (INPUT, OUTPUT, ...)")
+    r.add_argument("-c", "--count", type=_positive_int)
+    r.add_argument("--utc", action="store_true", help="print times in UTC")
+    r.set_defaults(func=cmd_read)
+
+    ru = sub.add_parser("rules", help="show, install, remove or clean up NFLOG rules")
+    ru.add_argument("action", choices=["show", "install", "remove", "cleanup"])
+    ru.add_argument("preset", nargs="?")
+    ru.add_argument("-g", "--group", type=int, default=5)
+    ru.add_argument("--netns", metavar="NAME")
+    ru.add_argument("--tag", help="owner tag of the rules to remove")
+    _add_rule_options(ru)
+    ru.set_defaults(func=cmd_rules)
+
+    s = sub.add_parser("stats", help="which NFLOG groups are bound, by whom")
+    s.add_argument("--netns", metavar="NAME")
+    s.set_defaults(func=cmd_stats)
+
+    k = sub.add_parser("keys", help="extract IKE/ESP keys for Wireshark")
+    try:
+        from . import keys as _keys
+    except ImportError:
+        _keys = None  # type: ignore[assignment]
+    if _keys is not None and hasattr(_keys, "add_arguments"):
+        _keys.add_arguments(k)
+    k.set_defaults(func=cmd_keys)
+
+    d = sub.add_parser("demo", help="a real capture in throwaway namespaces")
+    d.add_argument("-w", "--write", default="ipsec-nflog-demo.pcap", metavar="FILE")
+    d.add_argument("-g", "--group", type=int, default=5)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:
+        if args.debug:
+            raise
+        msg = str(e) or type(e).__name__
+        print(f"ipsec-nflog: {msg}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(e, (ValueError, CliError)) else EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Install everything, then run a real capture demo in throwaway network namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install.sh
+exec .venv/bin/ipsec-nflog demo "$@"
