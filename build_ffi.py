@@ -59,6 +59,17 @@ struct nfc_batch {
     uint32_t count;
 };
 
+#define NFC_IDX_SLOTS 22
+struct nfc_index {
+    uint32_t body_off;
+    uint32_t caplen;
+    uint32_t ts_sec;
+    uint32_t ts_usec;
+    uint32_t orig_len;
+    uint16_t attr[22];
+};
+int nfc_index_records(const char *buf, uint64_t nbytes, uint32_t count, struct nfc_index *out);
+
 struct nfc_capture;
 
 const char *nfc_version(void);

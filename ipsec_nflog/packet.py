@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Union
 
 __all__ = [
@@ -127,9 +127,10 @@ class Packet:
     """
 
     __slots__ = (
-        "_attrs",
         "_ifname",
+        "_index",
         "_ip",
+        "_le",
         "orig_len",
         "raw",
         "ts_sec",
@@ -151,12 +152,27 @@ class Packet:
         self.ts_sec = ts_sec
         self.ts_usec = ts_usec
         self.orig_len = len(raw) if orig_len is None else orig_len
-        self._attrs: dict[int, Any] | None = None
+        self._index: Sequence[int] | None = None
+        self._le = byteorder == "<"
         self._ifname = ifname_resolver or _default_ifname
         self._ip: Any = None
-        if byteorder != _HOST:
-            # Files from a host of the other byte order: decode TLV headers accordingly.
-            self._attrs = _parse_tlvs(raw, byteorder)
+
+    @classmethod
+    def _indexed(cls, raw: bytes, index: Sequence[int],
+                 ifname_resolver: IfnameResolver | None) -> Packet:
+        """A live packet whose attribute offsets the C core already found (``index`` is a
+        ``struct nfc_index`` as a tuple: body_off, caplen, ts_sec, ts_usec, orig_len, then
+        one offset per attribute type)."""
+        p = cls.__new__(cls)
+        p.raw = raw
+        p.ts_sec = index[2]
+        p.ts_usec = index[3]
+        p.orig_len = index[4]
+        p._index = index if not index[5] & _IDX_MALFORMED else None
+        p._le = _HOST == "<"
+        p._ifname = ifname_resolver or _default_ifname
+        p._ip = None
+        return p
 
     # -- header ----------------------------------------------------------------------
     @property
@@ -172,16 +188,26 @@ class Packet:
         return (self.raw[2] << 8) | self.raw[3]
 
     # -- attributes ------------------------------------------------------------------
-    @property
-    def attrs(self) -> dict[int, Any]:
-        """Raw attribute values by type (the last one wins if a type repeats)."""
-        a = self._attrs
-        if a is None:
-            a = self._attrs = _parse_tlvs(self.raw, _HOST)
-        return a
+    def _get(self, t: int) -> bytes | None:
+        index = self._index
+        if index is None:
+            index = self._index = _build_index(self.raw, self._le)
+        off = index[_IDX_BASE + t]
+        if not off:
+            return None
+        raw = self.raw
+        n = raw[off - 4] | raw[off - 3] << 8 if self._le else raw[off - 4] << 8 | raw[off - 3]
+        return raw[off : off + n - 4]
 
-    def _get(self, t: int) -> Any:
-        return self.attrs.get(t)
+    @property
+    def attrs(self) -> dict[int, bytes]:
+        """Every attribute value by type, unknown ones included (a repeated type: last)."""
+        return _parse_tlvs(self.raw, "<" if self._le else ">")
+
+    def validate(self) -> Packet:
+        """Check every TLV now; raises ParseError."""
+        self._index = _build_index(self.raw, self._le)
+        return self
 
     @property
     def hw_protocol(self) -> int | None:
@@ -217,7 +243,7 @@ class Packet:
 
     @property
     def timestamp_synthesized(self) -> bool:
-        return NFULA.TIMESTAMP not in self.attrs
+        return self._get(NFULA.TIMESTAMP) is None
 
     def _ifindex(self, t: int) -> int | None:
         v = self._get(t)
@@ -330,7 +356,7 @@ class Packet:
         v = self._get(NFULA.VLAN)
         if v is None:
             return None
-        inner = _parse_tlvs(b"\0\0\0\0" + bytes(v), _HOST)
+        inner = _parse_tlvs(b"\0\0\0\0" + bytes(v), "<" if self._le else ">")
         p, t = inner.get(1), inner.get(2)
         return (_u16(p) if p is not None else None, _u16(t) if t is not None else None)
 
@@ -342,6 +368,9 @@ class Packet:
     @property
     def unknown(self) -> dict[int, bytes]:
         """Attributes this parser does not know, kept by type."""
+        index = self._index
+        if index is not None and not index[_IDX_BASE] & _IDX_UNKNOWN:
+            return {}
         return {t: bytes(v) for t, v in self.attrs.items() if t not in ATTR_NAMES}
 
     @property
@@ -385,6 +414,35 @@ class Packet:
         )
 
 
+_IDX_BASE = 5  # struct nfc_index: 5 header words, then one slot per attribute type
+_IDX_SLOTS = 22
+_IDX_UNKNOWN = 1
+_IDX_MALFORMED = 2
+
+
+def _build_index(raw: Buffer, little: bool) -> list[int]:
+    """The pure-Python twin of the C core's nfc_index_records for one body: value offsets
+    by attribute type (0: absent), flags in slot 0. Raises ParseError on bad TLVs."""
+    index = [0] * (_IDX_BASE + _IDX_SLOTS)
+    off, end = 4, len(raw)
+    while off + 4 <= end:
+        if little:
+            length, atype = raw[off] | raw[off + 1] << 8, raw[off + 2] | raw[off + 3] << 8
+        else:
+            length, atype = raw[off] << 8 | raw[off + 1], raw[off + 2] << 8 | raw[off + 3]
+        if length < 4 or off + length > end:
+            raise ParseError(f"NFLOG attribute at offset {off} has bad length {length}")
+        atype &= NLA_TYPE_MASK
+        if 0 < atype < _IDX_SLOTS:
+            index[_IDX_BASE + atype] = off + 4
+        else:
+            index[_IDX_BASE] |= _IDX_UNKNOWN
+        off += (length + 3) & ~3
+    if off < end and any(raw[off:end]):
+        raise ParseError(f"{end - off} trailing bytes after NFLOG attributes at offset {off}")
+    return index
+
+
 def _parse_tlvs(raw: Buffer, byteorder: str) -> dict[int, Any]:
     """TLVs after the nfgenmsg header: {type: value}; raises ParseError on bad lengths."""
     attrs: dict[int, Any] = {}
@@ -410,9 +468,7 @@ def parse_nflog(
     ifname_resolver: IfnameResolver | None = None,
 ) -> Packet:
     """Parse one LINKTYPE_NFLOG record body, validating every TLV eagerly."""
-    pkt = Packet(bytes(body), ts_sec, ts_usec, orig_len, byteorder, ifname_resolver)
-    pkt.attrs  # noqa: B018 - validate now, so bad input fails here and not later
-    return pkt
+    return Packet(bytes(body), ts_sec, ts_usec, orig_len, byteorder, ifname_resolver).validate()
 
 
 _REC = struct.Struct(_HOST + "IIII")

@@ -653,6 +653,45 @@ int nfc_stats(struct nfc_capture *c, struct nfc_group_stats *out, uint32_t n)
 
 int nfc_event_fd(struct nfc_capture *c) { return c->event_fd; }
 
+int nfc_index_records(const char *buf, uint64_t nbytes, uint32_t count, struct nfc_index *out)
+{
+    uint64_t off = 0;
+    uint32_t i;
+    for (i = 0; i < count && off + REC_HDR <= nbytes; i++) {
+        struct nfc_index *x = &out[i];
+        uint32_t hdr[4];
+        memcpy(hdr, buf + off, REC_HDR);
+        if (off + REC_HDR + hdr[2] > nbytes)
+            break;
+        memset(x->attr, 0, sizeof(x->attr));
+        x->body_off = (uint32_t)(off + REC_HDR);
+        x->ts_sec = hdr[0];
+        x->ts_usec = hdr[1];
+        x->caplen = hdr[2];
+        x->orig_len = hdr[3];
+        const unsigned char *body = (const unsigned char *)buf + off + REC_HDR;
+        uint32_t len = hdr[2], a = sizeof(struct nfgenmsg);
+        while (a + NLA_HDRLEN <= len) {
+            const struct nlattr *nla = (const struct nlattr *)(body + a);
+            uint16_t type = nla->nla_type & NLA_TYPE_MASK;
+            if (nla->nla_len < NLA_HDRLEN || a + nla->nla_len > len ||
+                a + NLA_HDRLEN > 0xffff) {
+                x->attr[0] |= NFC_IDX_MALFORMED;
+                break;
+            }
+            if (type > 0 && type < NFC_IDX_SLOTS)
+                x->attr[type] = (uint16_t)(a + NLA_HDRLEN);
+            else
+                x->attr[0] |= NFC_IDX_UNKNOWN;
+            a += NLA_ALIGN(nla->nla_len);
+        }
+        if (a < len && !(x->attr[0] & NFC_IDX_MALFORMED))
+            x->attr[0] |= NFC_IDX_MALFORMED; /* trailing bytes: let Python judge them */
+        off += REC_HDR + hdr[2];
+    }
+    return (int)i;
+}
+
 int nfc_pause(struct nfc_capture *c, int paused)
 {
     c->paused = paused;

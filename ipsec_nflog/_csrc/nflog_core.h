@@ -82,6 +82,23 @@ int nfc_stop(struct nfc_capture *c);
 /* Stop, close the sockets (the kernel drops the group bindings) and free. */
 void nfc_close(struct nfc_capture *c);
 
+/* Per-record index for the Python per-packet path, so Python never walks TLVs itself:
+ * attr[t] is the offset of attribute t's value within the body (0: absent); attr[0]
+ * holds NFC_IDX_* flags that send Python to its full parser. 64 bytes, no padding. */
+#define NFC_IDX_SLOTS 22
+#define NFC_IDX_UNKNOWN 1u   /* an attribute type the index has no slot for */
+#define NFC_IDX_MALFORMED 2u /* bad TLV lengths or an offset beyond 65535 */
+struct nfc_index {
+    uint32_t body_off; /* from the start of buf */
+    uint32_t caplen;
+    uint32_t ts_sec;
+    uint32_t ts_usec;
+    uint32_t orig_len;
+    uint16_t attr[NFC_IDX_SLOTS];
+};
+/* Index count records from buf (host-order pcap records); returns how many it indexed. */
+int nfc_index_records(const char *buf, uint64_t nbytes, uint32_t count, struct nfc_index *out);
+
 /* Pure helper used by the reader and exposed for tests: build a pcap record header for
  * one NFLOG message body. Returns the orig_len it computed. */
 uint32_t nfc_orig_len(const unsigned char *body, uint32_t len);
