@@ -4,6 +4,7 @@ and fail when IPSEC_NFLOG_REQUIRE_PRIVILEGED=1 (set by .ci/run)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -137,3 +138,30 @@ def no_leaked_native_threads() -> Iterator[None]:
     gc.collect()
     after = _task_count()
     assert after <= before, f"{after - before} native thread(s) leaked by the test"
+
+
+def _netns_names() -> set[str]:
+    try:
+        return set(os.listdir("/run/netns"))
+    except OSError:
+        return set()
+
+
+def _host_nflog_rules() -> int:
+    r = subprocess.run(["iptables-save"], capture_output=True, text=True)
+    return r.stdout.count("NFLOG") if r.returncode == 0 else 0
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_namespaces_or_rules(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Privileged tests must delete the namespaces they make and never leave NFLOG rules
+    in the host's ruleset, even when they fail."""
+    if not request.node.get_closest_marker("privileged") or privileged_problem():
+        yield
+        return
+    ns_before, rules_before = _netns_names(), _host_nflog_rules()
+    yield
+    mine = re.compile(rf"-{os.getpid()}(-|$)")  # other processes may share this machine
+    leaked = {n for n in _netns_names() - ns_before if mine.search(n)}
+    assert not leaked, f"network namespaces leaked by the test: {sorted(leaked)}"
+    assert _host_nflog_rules() <= rules_before, "NFLOG rules left in the host's ruleset"

@@ -45,3 +45,16 @@ def test_import_and_capture_without_privileges() -> None:
     r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "refused:" in r.stdout and "CAP_NET_ADMIN" in r.stdout, r.stdout
+
+
+def test_build_without_libnetfilter_log_says_what_to_install(tmp_path: object) -> None:
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PKG_CONFIG_LIBDIR=str(tmp_path), PKG_CONFIG_PATH="")
+    r = subprocess.run([sys.executable, "-c", "import build_ffi"], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "apt-get install libnetfilter-log-dev" in lines[0]
