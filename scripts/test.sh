@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
 export PATH="$PWD/.venv/bin:$PATH"
-echo "== ruff"; ruff check ipsec_nflog tests benchmarks
+echo "== ruff"; ruff check
 echo "== mypy"; mypy
 echo "== pytest"
 exec pytest "$@"
