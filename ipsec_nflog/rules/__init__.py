@@ -1,0 +1,75 @@
+"""NFLOG rule helpers: the IPsec rule sets of "Taking Traffic Dumps on Linux" as presets,
+rendered for iptables/ip6tables (nft and legacy variants) or native nftables, installed
+atomically and always removed.
+
+Rendering (no root needed)::
+
+    from ipsec_nflog import rules
+    print(rules.render("outgoing", "iptables", group=5, family="ipv4"))
+    # iptables-restore -w --noflush <<'EOF'
+    # *filter
+    # -I OUTPUT -m policy --pol ipsec --dir out -m comment --comment "ipsec_nflog:<tag>" \
+    #    -j NFLOG --nflog-group 5         (one line)
+    # COMMIT
+    # EOF
+
+Installing (root)::
+
+    with rules.installed("all", group=5) as handle:
+        ...  # capture; the rules go away however this block ends
+
+Pure Python: this package never imports the compiled capture core.
+"""
+
+from __future__ import annotations
+
+from .errors import KernelSupportError, RulesError, ToolMissingError
+from .iptables import IptablesBackend, TaggedRule
+from .lifecycle import (
+    BACKENDS,
+    InstalledRules,
+    Leftover,
+    active,
+    choose_backend,
+    cleanup,
+    find,
+    install,
+    installed,
+    remove,
+    render,
+    show,
+)
+from .model import COMMENT_PREFIX, PolicyElement, Rule, RuleSet, new_owner_tag, parse_owner_tag
+from .nft import NftBackend, NftTable
+from .presets import PRESETS, build, preset_names
+
+__all__ = [
+    "BACKENDS",
+    "COMMENT_PREFIX",
+    "PRESETS",
+    "InstalledRules",
+    "IptablesBackend",
+    "KernelSupportError",
+    "Leftover",
+    "NftBackend",
+    "NftTable",
+    "PolicyElement",
+    "Rule",
+    "RuleSet",
+    "RulesError",
+    "TaggedRule",
+    "ToolMissingError",
+    "active",
+    "build",
+    "choose_backend",
+    "cleanup",
+    "find",
+    "install",
+    "installed",
+    "new_owner_tag",
+    "parse_owner_tag",
+    "preset_names",
+    "remove",
+    "render",
+    "show",
+]

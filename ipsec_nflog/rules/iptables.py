@@ -1,0 +1,414 @@
+"""The iptables/ip6tables backend (nft and legacy variants).
+
+Rules are installed and removed with ``iptables-restore -w --noflush`` batches fed on stdin:
+``-I`` lines to install, ``-D`` lines of exactly the same rules to remove. ``--noflush``
+keeps every other rule; a batch is atomic per family (for the nft variant one transaction;
+for legacy one table replacement per ``COMMIT``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from . import _run
+from .errors import KernelSupportError, RulesError, ToolMissingError
+from .model import (
+    COMMENT_PREFIX,
+    AddrType,
+    DPorts,
+    Family,
+    Iface,
+    Match,
+    NflogTarget,
+    Policy,
+    PolicyElement,
+    Proto,
+    Rule,
+    RuleSet,
+    parse_owner_tag,
+)
+
+__all__ = [
+    "IPTABLES_BACKENDS",
+    "IptablesBackend",
+    "TaggedRule",
+    "command_argv",
+    "restore_script",
+    "rule_args",
+]
+
+Variant = Literal["system", "nft", "legacy"]
+IPTABLES_BACKENDS: dict[str, Variant] = {
+    "iptables": "system",
+    "iptables-nft": "nft",
+    "iptables-legacy": "legacy",
+}
+TABLE_ORDER = ("raw", "mangle", "filter")
+_TAG_IN_SAVE = re.compile(r'--comment "?' + re.escape(COMMENT_PREFIX) + r'([A-Za-z0-9-]+)"?')
+
+# which kernel module provides each match/target we use, and its Kconfig symbol
+KERNEL_MODULES = {
+    ("match", "policy"): ("xt_policy", "CONFIG_NETFILTER_XT_MATCH_POLICY"),
+    ("match", "addrtype"): ("xt_addrtype", "CONFIG_NETFILTER_XT_MATCH_ADDRTYPE"),
+    ("match", "multiport"): ("xt_multiport", "CONFIG_NETFILTER_XT_MATCH_MULTIPORT"),
+    ("match", "comment"): ("xt_comment", "CONFIG_NETFILTER_XT_MATCH_COMMENT"),
+    ("match", "ah"): ("ip6t_ah", "CONFIG_IP6_NF_MATCH_AH"),
+    ("target", "NFLOG"): ("xt_NFLOG", "CONFIG_NETFILTER_XT_TARGET_NFLOG"),
+}
+
+
+# -- rendering -----------------------------------------------------------------------------
+
+
+def _element_args(e: PolicyElement) -> list[str]:
+    out: list[str] = []
+    for field_, opt, value in (
+        ("reqid", "--reqid", None if e.reqid is None else str(e.reqid)),
+        ("spi", "--spi", None if e.spi is None else f"0x{e.spi:x}"),
+        ("proto", "--proto", e.proto),
+        ("mode", "--mode", e.mode),
+        ("tunnel_src", "--tunnel-src", e.tunnel_src),
+        ("tunnel_dst", "--tunnel-dst", e.tunnel_dst),
+    ):
+        if value is None:
+            continue
+        if field_ in e.negate:
+            out.append("!")
+        out += [opt, value]
+    return out
+
+
+def _match_args(m: Match, family: Family) -> list[str]:
+    if isinstance(m, Iface):
+        return ["-i" if m.direction == "in" else "-o", m.name]
+    if isinstance(m, Proto):
+        if m.name == "ah" and family == "ipv6":
+            # ip6tables treats AH as an extension header: "-p ah" never matches there
+            # (ip6tables warns so; verified with traffic for the legacy variant)
+            return ["-m", "ah"]
+        return ["-p", m.name]
+    if isinstance(m, DPorts):
+        return ["-m", "multiport", "--dports", ",".join(str(p) for p in m.ports)]
+    if isinstance(m, AddrType):
+        return ["-m", "addrtype", *([] if m.local else ["!"]), "--dst-type", "LOCAL"]
+    if isinstance(m, Policy):
+        args = ["-m", "policy", "--pol", m.pol, "--dir", m.direction]
+        if m.strict:
+            args.append("--strict")
+        for i, e in enumerate(m.elements):
+            if i:
+                args.append("--next")
+            args += _element_args(e)
+        return args
+    raise TypeError(f"unknown match {m!r}")
+
+
+def _target_args(t: NflogTarget) -> list[str]:
+    args = ["-j", "NFLOG", "--nflog-group", str(t.group)]
+    if t.prefix is not None:
+        args += ["--nflog-prefix", t.prefix]
+    if t.size is not None:
+        args += ["--nflog-size", str(t.size)]
+    if t.threshold is not None:
+        args += ["--nflog-threshold", str(t.threshold)]
+    return args
+
+
+def rule_args(rule: Rule, family: Family, comment: str | None) -> list[str]:
+    """The rule's matches and target as argv tokens (no table, no chain)."""
+    args: list[str] = []
+    for m in rule.matches:
+        args += _match_args(m, family)
+    if comment is not None:
+        args += ["-m", "comment", "--comment", comment]
+    return args + _target_args(rule.target)
+
+
+def command_argv(rule: Rule, family: Family, comment: str | None, action: str = "-I",
+                 binary: str | None = None) -> list[str]:
+    """One standalone command, e.g. ``iptables -t raw -I PREROUTING -p esp ...``."""
+    exe = binary or ("iptables" if family == "ipv4" else "ip6tables")
+    return [exe, "-t", rule.table, action, rule.chain, *rule_args(rule, family, comment)]
+
+
+def _restore_line(tokens: Sequence[str]) -> str:
+    out = []
+    quote_next = False
+    for tok in tokens:
+        if quote_next or (tok and any(c.isspace() for c in tok)) or tok == "":
+            out.append(f'"{tok}"')
+        else:
+            out.append(tok)
+        quote_next = tok in ("--comment", "--nflog-prefix")
+    return " ".join(out)
+
+
+def restore_script(rules: Sequence[Rule], family: Family, comment: str | None,
+                   action: Literal["-I", "-D", "-A"] = "-I") -> str:
+    """An iptables-restore batch: one ``*table`` section per table, ``COMMIT`` each."""
+    lines: list[str] = []
+    for table in TABLE_ORDER:
+        in_table = [r for r in rules if r.table == table]
+        if not in_table:
+            continue
+        lines.append(f"*{table}")
+        for r in in_table:
+            lines.append(_restore_line([action, r.chain, *rule_args(r, family, comment)]))
+        lines.append("COMMIT")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Batch:
+    family: Family
+    argv: list[str]
+    script: str
+
+
+@dataclass(frozen=True)
+class TaggedRule:
+    """A rule carrying our comment, as ``iptables-save`` prints it."""
+
+    backend: str
+    family: Family
+    table: str
+    line: str  # "-A CHAIN ..." as printed by iptables-save
+    tag: str
+
+    def __str__(self) -> str:
+        exe = "iptables" if self.family == "ipv4" else "ip6tables"
+        return f"{exe} -t {self.table} {self.line}  # {self.backend}"
+
+
+class IptablesBackend:
+    """``iptables`` (whichever variant the system's iptables is), ``iptables-nft`` or
+    ``iptables-legacy``."""
+
+    def __init__(self, name: str = "iptables") -> None:
+        if name not in IPTABLES_BACKENDS:
+            raise ValueError(f"unknown iptables backend {name!r}; known: "
+                             f"{', '.join(IPTABLES_BACKENDS)}")
+        self.name = name
+        self.variant: Variant = IPTABLES_BACKENDS[name]
+
+    def __repr__(self) -> str:
+        return f"IptablesBackend({self.name!r})"
+
+    def binary(self, family: Family, kind: str = "") -> str:
+        """E.g. ``ip6tables-legacy-restore`` for (ipv6, "-restore") on ``iptables-legacy``."""
+        base = "iptables" if family == "ipv4" else "ip6tables"
+        mid = {"system": "", "nft": "-nft", "legacy": "-legacy"}[self.variant]
+        return f"{base}{mid}{kind}"
+
+    def restore_argv(self, family: Family) -> list[str]:
+        return [self.binary(family, "-restore"), "-w", "--noflush"]
+
+    def batches(self, rs: RuleSet, action: Literal["install", "remove"]) -> list[Batch]:
+        flag: Literal["-I", "-D"] = "-I" if action == "install" else "-D"
+        out = []
+        for fam in rs.families:
+            script = restore_script(rs.for_family(fam), fam, rs.comment, flag)
+            if script:
+                out.append(Batch(fam, self.restore_argv(fam), script))
+        return out
+
+    def render(self, rs: RuleSet, action: Literal["install", "remove"] = "install") -> str:
+        """Shell-pasteable text: each batch as ``<restore command> <<'EOF' ... EOF``."""
+        parts = []
+        for b in self.batches(rs, action):
+            parts.append(f"{' '.join(b.argv)} <<'EOF'\n{b.script}EOF\n")
+        return "".join(parts)
+
+    # -- variant detection ---------------------------------------------------------------
+
+    def detect_variant(self) -> str:
+        """``"nf_tables"`` or ``"legacy"`` from ``iptables --version``."""
+        return detect_variant(self.binary("ipv4"))
+
+    # -- install / remove ------------------------------------------------------------------
+
+    def _apply(self, batch: Batch, netns: str | None, what: str) -> None:
+        _run.find_tool(batch.argv[0])
+        r = _run.run(batch.argv, input=batch.script, netns=netns)
+        if r.returncode != 0:
+            raise diagnose_failure(batch, r.returncode, r.stderr, what)
+
+    def install(self, rs: RuleSet, netns: str | None = None) -> None:
+        """Install atomically per family; if a later family fails, the earlier ones are
+        removed again before the error propagates."""
+        install = self.batches(rs, "install")
+        for b in install:  # fail early, before any change, when a binary is missing
+            _run.find_tool(b.argv[0])
+        try:
+            for b in install:
+                self._apply(b, netns, "install")
+        except BaseException:
+            # roll back every family, including one interrupted mid-batch (a -D batch of
+            # rules that are not there fails as a whole and changes nothing)
+            for b in reversed(self.batches(rs, "remove")):
+                try:
+                    self._apply(b, netns, "roll back")
+                except Exception:
+                    pass
+            raise
+
+    def remove(self, rs: RuleSet, netns: str | None = None) -> None:
+        """Delete exactly the rules we added (one ``-D`` batch per family). When that batch
+        fails (someone deleted one of them), remove whatever rules still carry our tag."""
+        errors = []
+        for b in self.batches(rs, "remove"):
+            try:
+                self._apply(b, netns, "remove")
+            except RulesError as e:
+                try:
+                    left = [t for t in self.tagged_rules(netns, b.family) if t.tag == rs.tag]
+                    self.delete(left, netns)
+                except RulesError as e2:
+                    errors.append(f"{e}; then {e2}")
+        if errors:
+            raise RulesError("; ".join(errors))
+
+    # -- listing / cleanup -----------------------------------------------------------------
+
+    def save(self, family: Family, netns: str | None = None) -> str:
+        r = _run.run([self.binary(family, "-save")], netns=netns)
+        if r.returncode != 0:
+            raise RulesError(f"{self.binary(family, '-save')} failed: {r.stderr.strip()}",
+                             argv=[self.binary(family, "-save")], returncode=r.returncode,
+                             stderr=r.stderr)
+        return r.stdout
+
+    def tagged_rules(self, netns: str | None = None,
+                     family: Family | None = None) -> list[TaggedRule]:
+        """Every rule with an ``ipsec_nflog:`` comment, in this variant."""
+        out: list[TaggedRule] = []
+        for fam in (family,) if family else ("ipv4", "ipv6"):
+            assert fam is not None
+            if _run.tool_available(self.binary(fam, "-save")) is None:
+                continue
+            out += parse_save(self.save(fam, netns), self.name, fam)
+        return out
+
+    def delete(self, rules: Sequence[TaggedRule], netns: str | None = None) -> None:
+        """Delete rules as iptables-save printed them (one ``--noflush`` batch per family)."""
+        for fam in ("ipv4", "ipv6"):
+            mine = [t for t in rules if t.family == fam]
+            if not mine:
+                continue
+            lines = []
+            for table in TABLE_ORDER + tuple(sorted({t.table for t in mine} -
+                                                    set(TABLE_ORDER))):
+                rows = [t for t in mine if t.table == table]
+                if rows:
+                    lines.append(f"*{table}")
+                    lines += ["-D" + t.line[2:] for t in rows]
+                    lines.append("COMMIT")
+            batch = Batch(fam, self.restore_argv(fam), "\n".join(lines) + "\n")
+            self._apply(batch, netns, "delete")
+
+
+def parse_save(text: str, backend: str, family: Family) -> list[TaggedRule]:
+    out = []
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith("-A "):
+            m = _TAG_IN_SAVE.search(line)
+            if m:
+                out.append(TaggedRule(backend, family, table, line, m.group(1)))
+    return out
+
+
+def detect_variant(binary: str = "iptables") -> str:
+    """``"nf_tables"`` or ``"legacy"`` as ``<binary> --version`` says."""
+    r = _run.run([binary, "--version"])
+    text = r.stdout + r.stderr
+    if "nf_tables" in text:
+        return "nf_tables"
+    if "legacy" in text:
+        return "legacy"
+    # iptables before 1.8 has no suffix and is legacy
+    return "legacy"
+
+
+def owner_dead(rule: TaggedRule) -> bool:
+    """True when the rule's tag names a process that no longer runs."""
+    owner = parse_owner_tag(rule.tag)
+    return owner is not None and not owner.owner_alive()
+
+
+# -- error diagnosis -----------------------------------------------------------------------
+
+
+def _proc_list(path: str) -> set[str] | None:
+    try:
+        with open(path) as f:
+            return {ln.strip() for ln in f if ln.strip()}
+    except OSError:
+        return None
+
+
+def needed_extensions(script: str, family: Family) -> list[tuple[str, str]]:
+    """(kind, name) of the matches and targets a batch uses."""
+    need: list[tuple[str, str]] = []
+    for kind, name in (("match", "policy"), ("match", "addrtype"), ("match", "multiport"),
+                       ("match", "comment"), ("match", "ah")):
+        if f"-m {name} " in script and (name != "ah" or family == "ipv6"):
+            need.append((kind, name))
+    if "-j NFLOG" in script:
+        need.append(("target", "NFLOG"))
+    return need
+
+
+def missing_kernel_extensions(script: str, family: Family,
+                              proc_dir: str = "/proc/net") -> list[tuple[str, str]]:
+    """The extensions the batch needs that the kernel has not registered (after the failed
+    attempt, which loads what can be loaded)."""
+    prefix = "ip" if family == "ipv4" else "ip6"
+    have = {
+        "match": _proc_list(f"{proc_dir}/{prefix}_tables_matches"),
+        "target": _proc_list(f"{proc_dir}/{prefix}_tables_targets"),
+    }
+    out = []
+    for kind, name in needed_extensions(script, family):
+        names = have[kind]
+        if names is not None and name not in names:
+            out.append((kind, name))
+    return out
+
+
+_USERSPACE_EXT = re.compile(r"Couldn't load (match|target) `([^']+)'")
+_LINE = re.compile(r"line:? (\d+)")
+
+
+def diagnose_failure(batch: Batch, returncode: int, stderr: str, what: str,
+                     proc_dir: str = "/proc/net") -> RulesError:
+    """Turn a failed iptables-restore into an error that says what to install."""
+    err = stderr.strip()
+    lines = batch.script.splitlines()
+    m = _LINE.search(err)
+    where = ""
+    if m and 1 <= int(m.group(1)) <= len(lines):
+        where = f" at line {m.group(1)} ({lines[int(m.group(1)) - 1]!r})"
+    base = f"{batch.argv[0]} could not {what} the rules{where}: {err or 'exit ' + str(returncode)}"
+    u = _USERSPACE_EXT.search(err)
+    if u:
+        lib = ("libip6t_" if u.group(2) == "ah" else "libxt_") + u.group(2)
+        return ToolMissingError(f"the iptables extension {lib}.so", "iptables", detail=base)
+    missing = missing_kernel_extensions(batch.script, batch.family, proc_dir)
+    if missing and what != "remove":
+        mods = [KERNEL_MODULES[k] for k in missing if k in KERNEL_MODULES]
+        names = ", ".join(f"{mod} ({cfg})" for mod, cfg in mods)
+        return KernelSupportError(
+            f"{base}. The kernel lacks {names}: load it with 'modprobe "
+            f"{mods[0][0]}' or use a kernel built with it",
+            modules=[m_[0] for m_ in mods], argv=batch.argv, returncode=returncode,
+            stderr=stderr)
+    return RulesError(base, argv=batch.argv, returncode=returncode, stderr=stderr)
