@@ -139,10 +139,12 @@ def drop_privileges(user: str) -> None:
 def _rules_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kw: dict[str, Any] = {"prefix": args.prefix, "family": args.family}
     for name in ("reqid", "spi", "proto", "mode", "tunnel_src", "tunnel_dst", "interface",
-                 "backend", "nflog_threshold"):
+                 "backend"):
         v = getattr(args, name, None)
         if v is not None:
             kw[name] = v
+    if getattr(args, "nflog_threshold", None) is not None:
+        kw["threshold"] = args.nflog_threshold
     if args.strict:
         kw["strict"] = True
     if args.ike_port:
@@ -157,7 +159,6 @@ def cmd_capture(args: argparse.Namespace) -> int:
     groups = [g for gs in (args.group or []) for g in gs]
     if not groups:
         raise CliError("no NFLOG group given: use -g N or -i nflog:N")
-    make = CaptureConfig.low_latency if args.low_latency else CaptureConfig
     opts: dict[str, Any] = {"snaplen": args.snaplen, "netns": args.netns}
     for name in ("qthreshold", "nlbufsiz", "rcvbuf", "ring_size"):
         if getattr(args, name) is not None:
@@ -165,8 +166,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     if args.flush_timeout is not None:
         opts["flush_timeout"] = args.flush_timeout
     try:
-        config = make(groups, **opts) if args.low_latency else make(groups=tuple(groups),
-                                                                    **opts)
+        config = (CaptureConfig.low_latency(groups, **opts) if args.low_latency
+                  else CaptureConfig(groups=tuple(groups), **opts))
     except ValueError as e:
         raise CliError(str(e)) from None
     if args.rules and args.user:
@@ -205,15 +206,18 @@ def _capture_with_privileged_parent(args: argparse.Namespace, config: Any) -> in
             try:
                 with Capture(config=config) as cap:
                     code = _capture_loop(args, cap)
-            except BaseException as e:  # noqa: BLE001 - report, then leave via _exit
+            except BaseException as e:
                 print(f"ipsec-nflog: {e}", file=sys.stderr)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
         # Parent: let the child handle signals; wait for it whatever happens.
+        def forward(signum: int, frame: Any) -> None:
+            os.kill(pid, signum)
+
         for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, lambda signum, frame, pid=pid: os.kill(pid, signum))
+            signal.signal(s, forward)
         while True:
             try:
                 _, status = os.waitpid(pid, 0)
@@ -230,26 +234,30 @@ def _capture_with_privileged_parent(args: argparse.Namespace, config: Any) -> in
             print(f"removed {args.rules} rules", file=sys.stderr)
 
 
-def _open_output(args: argparse.Namespace) -> Any:
-    from .pcapfile import open_writer
+def _open_output(args: argparse.Namespace, cap: Any) -> Any:
+    from .pcapfile import default_format, open_writer
 
     fmt = "pcapng" if args.pcapng else "raw" if args.raw else "pcap" if args.pcap else None
+    extra: dict[str, Any] = {}
+    if (fmt or default_format(args.write)) == "pcapng":
+        extra = {"groups": cap.config.groups, "stats_source": cap.stats}
     return open_writer(
-        args.write, format=fmt, overwrite=args.overwrite, snaplen=args.snaplen or 65535,
+        args.write, format=fmt, overwrite=args.overwrite,
+        snaplen=cap.config.effective_snaplen,
         flush_every_batch=args.packet_buffered,
         rotate_bytes=args.file_size * 1_000_000 if args.file_size else None,
-        rotate_seconds=args.rotate_seconds, rotate_count=args.file_count,
+        rotate_seconds=args.rotate_seconds, rotate_count=args.file_count, **extra,
     )
 
 
 def _capture_loop(args: argparse.Namespace, cap: Any) -> int:
     from .summary import summarize
 
-    writer = _open_output(args) if args.write else None
+    writer = _open_output(args, cap) if args.write else None
     if args.user:
-        if writer is not None and hasattr(writer, "chown"):
+        if writer is not None:
             pw = pwd.getpwnam(args.user)
-            writer.chown(pw.pw_uid, pw.pw_gid)
+            os.fchown(writer.fileno(), pw.pw_uid, pw.pw_gid)
         drop_privileges(args.user)
     status = StatusLine(sys.stderr, sys.stderr.isatty() and not args.quiet and bool(writer))
     deadline = time.monotonic() + args.duration if args.duration else None
@@ -320,7 +328,7 @@ def _summary(args: argparse.Namespace, stats: Any, writer: Any, error: BaseExcep
     if stats.lossy:
         print(f"WARNING: packets were lost: {stats.drop_summary()}", file=err)
     if writer is not None:
-        files = getattr(writer, "paths", None) or [args.write]
+        files = writer.files or [args.write]
         print(f"files: {', '.join(str(f) for f in files)}", file=err)
     if error is not None:
         print(f"ipsec-nflog: capture stopped: {error}", file=err)
@@ -377,8 +385,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
     if args.action == "show":
         if args.preset:
-            print(rules.render(args.preset, group=args.group, netns=None,
-                               **_rules_kwargs(args)), end="")
+            print(rules.render(args.preset, group=args.group, **_rules_kwargs(args)), end="")
         else:
             print(rules.show(netns=args.netns) or "no ipsec_nflog rules installed")
         return EXIT_OK
@@ -398,8 +405,9 @@ def cmd_rules(args: argparse.Namespace) -> int:
     if args.action == "remove":
         if not args.tag:
             raise CliError("rules remove needs --tag (see 'ipsec-nflog rules show')")
-        removed = rules.remove_tag(args.tag, netns=args.netns)
-        print(f"removed {removed} rule(s) tagged {args.tag}")
+        removed = rules.remove(args.tag, netns=args.netns)
+        print(f"removed {len(removed)} rule(s)/table(s) tagged {args.tag}"
+              + "".join(f"\n  {r}" for r in removed))
         return EXIT_OK
     raise CliError(f"unknown rules action {args.action!r}")
 
@@ -424,9 +432,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_rule_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("rule preset options")
-    g.add_argument("--prefix", help="NFLOG prefix (at most 64 bytes)")
-    g.add_argument("--family", choices=["ipv4", "ipv6", "both"], default="ipv4")
-    g.add_argument("--backend", choices=["iptables", "iptables-legacy", "nft", "nftables"])
+    g.add_argument("--prefix", help="NFLOG prefix (at most 63 bytes; no quotes, backslash or $)")
+    g.add_argument("--family", choices=["ipv4", "ipv6", "both"], default="both")
+    g.add_argument("--backend", choices=["nft", "iptables", "iptables-nft", "iptables-legacy"])
     g.add_argument("--reqid", type=int)
     g.add_argument("--spi", type=lambda s: int(s, 0))
     g.add_argument("--proto", choices=["esp", "ah", "ipcomp"])

@@ -6,9 +6,12 @@ from __future__ import annotations
 import datetime
 import socket
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from .packet import Packet
+
+if TYPE_CHECKING:
+    from .pcapreader import FilePacket
 
 __all__ = ["describe_ip", "summarize"]
 
@@ -87,14 +90,15 @@ def describe_ip(ip: Any) -> str:
     return f"{src} > {dst}: ip-proto-{proto}, length {len(data)}"
 
 
-def summarize(pkt: Packet, *, utc: bool = False) -> str:
+def summarize(pkt: Union[Packet, FilePacket], *, utc: bool = False) -> str:
     """``time group prefix hook in/out: ip summary`` for one packet."""
     tz = datetime.timezone.utc if utc else None
     t = datetime.datetime.fromtimestamp(pkt.timestamp, tz).strftime("%H:%M:%S.%f")
     mark = "~" if pkt.timestamp_synthesized else " "
     devs = f"{pkt.indev_name or pkt.indev or '-'}>{pkt.outdev_name or pkt.outdev or '-'}"
     prefix = pkt.prefix or ""
-    head = f"{t}{mark}nflog:{pkt.group} {pkt.hook_name:<11} {devs:<15} {prefix!s:<12}"
+    src = f"nflog:{pkt.group}" if pkt.group is not None else "file"
+    head = f"{t}{mark}{src} {pkt.hook_name:<11} {devs:<15} {prefix!s:<12}"
     ip = pkt.ip
     if ip is None:
         payload = pkt.payload
