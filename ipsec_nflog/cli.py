@@ -243,7 +243,6 @@ def _open_output(args: argparse.Namespace, cap: Any) -> Any:
         extra = {"groups": cap.config.groups, "stats_source": cap.stats}
     return open_writer(
         args.write, format=fmt, overwrite=args.overwrite,
-        snaplen=cap.config.effective_snaplen,
         flush_every_batch=args.packet_buffered,
         rotate_bytes=args.file_size * 1_000_000 if args.file_size else None,
         rotate_seconds=args.rotate_seconds, rotate_count=args.file_count, **extra,
@@ -272,6 +271,8 @@ def _capture_loop(args: argparse.Namespace, cap: Any) -> int:
                 if batch is not None:
                     left = None if left is None else left - batch.count
                     _emit(batch, writer, summarize)
+                elif writer is not None:
+                    writer.flush_if_due()
                 status.update(cap.stats())
             # Let the kernel flush its queue, then take what is left in the ring.
             if left is None or left > 0:
