@@ -1075,12 +1075,15 @@ def test_flush_every_batch_and_flush_interval(tmp: Path, monkeypatch: pytest.Mon
     assert syncs == []
     clock.now += 0.5
     w.flush_if_due()  # an idle capture loop calls this
+    w._background.wait()  # interval syncs run on a worker thread, off the hot path
     assert len(syncs) == 1
     w.flush_if_due()  # nothing new to sync
     clock.now += 5
     w.flush_if_due()
+    w._background.wait()
     assert len(syncs) == 1
     w.write_records(rec, 1)  # interval long over: synced right away
+    w._background.wait()
     assert len(syncs) == 2
     w.write_records(rec, 1)
     w.close()
