@@ -107,6 +107,8 @@ TOOLS: dict[str, Tool] = {
         Tool("cref", "bare C reader", ["{cref}", "-g", "{group}", "-w", "{out}"], "cref"),
         Tool("cli", "ipsec-nflog capture -w",
              ["{cli}", "capture", "-g", "{group}", "-w", "{out}"], "cli"),
+        Tool("cli-lowlat", "ipsec-nflog capture --low-latency -w",
+             ["{cli}", "capture", "--low-latency", "-g", "{group}", "-w", "{out}"], "cli"),
         Tool("batch", "Python batch API", ["{python}", "{consumers}", "batch", "--group",
                                            "{group}", "--out", "{out}"], "capture"),
         Tool("batch-nosync", "Python batch API, no fdatasync",

@@ -273,7 +273,8 @@ def _capture_loop(args: argparse.Namespace, cap: Any) -> int:
                     _emit(batch, writer, summarize)
                 elif writer is not None:
                     writer.flush_if_due()
-                status.update(cap.stats())
+                if status.enabled:
+                    status.update(cap.stats())
             # Let the kernel flush its queue, then take what is left in the ring.
             if left is None or left > 0:
                 cap.stop()

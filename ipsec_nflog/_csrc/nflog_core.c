@@ -64,6 +64,7 @@ struct nfc_capture {
     uint64_t cap, rd, hand, wr, wrap_end;
     int wrapped;
     uint64_t stored, pending, pending_bytes;
+    uint64_t top_pending, top_pending_bytes; /* pending records in [hand, wrap_end) */
     uint32_t out_count;
     uint64_t out_bytes;
 
@@ -103,9 +104,30 @@ static uint64_t be64_at(const unsigned char *p)
     return ((uint64_t)be32_at(p) << 32) | be32_at(p + 4);
 }
 
-uint32_t nfc_orig_len(const unsigned char *body, uint32_t len)
+/* The attributes the reader needs, found in one pass over the TLVs. */
+struct hot_attrs {
+    const struct nlattr *seq, *ts, *payload;
+};
+
+static void scan_hot_attrs(const unsigned char *body, uint32_t len, struct hot_attrs *h)
 {
-    const struct nlattr *a = find_attr(body, len, NFULA_PAYLOAD);
+    h->seq = h->ts = h->payload = NULL;
+    uint32_t off = sizeof(struct nfgenmsg);
+    while (off + sizeof(struct nlattr) <= len) {
+        const struct nlattr *a = (const struct nlattr *)(body + off);
+        if (a->nla_len < sizeof(struct nlattr) || off + a->nla_len > len)
+            return;
+        switch (a->nla_type & NLA_TYPE_MASK) {
+        case NFULA_SEQ: h->seq = a; break;
+        case NFULA_TIMESTAMP: h->ts = a; break;
+        case NFULA_PAYLOAD: h->payload = a; break;
+        }
+        off += NLA_ALIGN(a->nla_len);
+    }
+}
+
+static uint32_t orig_len_of(const struct nlattr *a, uint32_t len)
+{
     if (!a)
         return len;
     const unsigned char *ip = (const unsigned char *)a + NLA_HDRLEN;
@@ -117,6 +139,11 @@ uint32_t nfc_orig_len(const unsigned char *body, uint32_t len)
     else
         return len;
     return total > n ? len + (total - n) : len;
+}
+
+uint32_t nfc_orig_len(const unsigned char *body, uint32_t len)
+{
+    return orig_len_of(find_attr(body, len, NFULA_PAYLOAD), len);
 }
 
 static struct nfc_group *group_of(struct nfc_capture *c, const unsigned char *body)
@@ -143,6 +170,8 @@ static char *ring_reserve(struct nfc_capture *c, uint64_t len)
         c->wrap_end = c->wr;
         c->wrapped = 1;
         c->wr = 0;
+        c->top_pending = c->pending; /* everything pending sits before the wrap */
+        c->top_pending_bytes = c->pending_bytes;
         return c->ring;
     }
     return c->wr + len <= c->rd ? c->ring + c->wr : NULL;
@@ -153,7 +182,9 @@ static void store_packet(struct nfc_capture *c, struct nfc_group *g, const unsig
                          uint32_t len, const struct timespec *now)
 {
     uint64_t reclen = REC_HDR + (uint64_t)len;
-    const struct nlattr *seq = find_attr(body, len, NFULA_SEQ);
+    struct hot_attrs h;
+    scan_hot_attrs(body, len, &h);
+    const struct nlattr *seq = h.seq, *ts = h.ts;
     if (seq && seq->nla_len >= NLA_HDRLEN + 4) {
         uint32_t s = be32_at((const unsigned char *)seq + NLA_HDRLEN);
         uint32_t gap = s - g->next_seq;
@@ -173,7 +204,6 @@ static void store_packet(struct nfc_capture *c, struct nfc_group *g, const unsig
         return;
     }
     uint32_t hdr[4];
-    const struct nlattr *ts = find_attr(body, len, NFULA_TIMESTAMP);
     if (ts && ts->nla_len >= NLA_HDRLEN + 16) {
         const unsigned char *v = (const unsigned char *)ts + NLA_HDRLEN;
         hdr[0] = (uint32_t)be64_at(v);
@@ -184,7 +214,7 @@ static void store_packet(struct nfc_capture *c, struct nfc_group *g, const unsig
         g->st.timestamps_synthesized++;
     }
     hdr[2] = len;
-    hdr[3] = nfc_orig_len(body, len);
+    hdr[3] = orig_len_of(h.payload, len);
     memcpy(dst, hdr, REC_HDR);
     memcpy(dst + REC_HDR, body, len);
     c->wr += reclen;
@@ -565,8 +595,13 @@ int nfc_peek(struct nfc_capture *c, uint32_t max_packets, uint64_t max_bytes,
         c->wrapped = 0;
     }
     uint64_t end = c->wrapped ? c->wrap_end : c->wr;
+    uint64_t avail = c->wrapped ? c->top_pending : c->pending;
     uint64_t off = c->hand;
     uint32_t n = 0;
+    if (avail <= max_packets && end - off <= max_bytes) {
+        n = (uint32_t)avail; /* the whole run fits: no need to walk it */
+        off = end;
+    }
     while (off < end && n < max_packets) {
         uint32_t caplen;
         memcpy(&caplen, c->ring + off + 8, sizeof(caplen));
@@ -584,6 +619,10 @@ int nfc_peek(struct nfc_capture *c, uint32_t max_packets, uint64_t max_bytes,
     c->hand = off;
     c->pending -= n;
     c->pending_bytes -= b->nbytes;
+    if (c->wrapped) {
+        c->top_pending -= n;
+        c->top_pending_bytes -= b->nbytes;
+    }
     if (c->pending == 0) {
         uint64_t v;
         ssize_t r = read(c->event_fd, &v, sizeof(v));
@@ -602,7 +641,11 @@ int nfc_release(struct nfc_capture *c)
     }
     /* Per-group delivery counts: the group is in each record's nfgenmsg. */
     uint64_t off = c->rd;
-    for (uint32_t i = 0; i < c->out_count; i++) {
+    if (c->ngroups == 1) {
+        c->g[0].st.delivered_packets += c->out_count;
+        c->g[0].st.delivered_bytes += c->out_bytes;
+    }
+    for (uint32_t i = 0; c->ngroups > 1 && i < c->out_count; i++) {
         uint32_t caplen;
         memcpy(&caplen, c->ring + off + 8, sizeof(caplen));
         struct nfc_group *g = group_of(c, (const unsigned char *)c->ring + off + REC_HDR);
