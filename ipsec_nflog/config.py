@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from .netns import validate_netns_name
+from .validate import check_int, validate_group
 
 __all__ = ["KERNEL_SNAPLEN_MAX", "NLBUFSIZ_MAX", "NLBUFSIZ_MIN", "CaptureConfig"]
 
@@ -17,14 +18,6 @@ NLBUFSIZ_MIN = 4096
 NLBUFSIZ_MAX = 131072  # the kernel ignores larger values without an error
 MAX_GROUPS = 32
 MiB = 1024 * 1024
-
-
-def _int(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -52,7 +45,7 @@ class CaptureConfig:
             groups = (groups,)
         if isinstance(groups, (str, bytes)) or not isinstance(groups, Iterable):
             raise ValueError(f"groups must be a list of integers, not {groups!r}")
-        gs = tuple(_int("NFLOG group", g, 0, 65535) for g in groups)
+        gs = tuple(validate_group(g) for g in groups)
         if not gs:
             raise ValueError("at least one NFLOG group is needed")
         if len(set(gs)) != len(gs):
@@ -60,14 +53,14 @@ class CaptureConfig:
         if len(gs) > MAX_GROUPS:
             raise ValueError(f"at most {MAX_GROUPS} groups per capture, got {len(gs)}")
         object.__setattr__(self, "groups", gs)
-        _int("snaplen", self.snaplen, 0, PCAP_SNAPLEN_MAX)
-        _int("qthreshold", self.qthreshold, 1, 2**32 - 1)
+        check_int("snaplen", self.snaplen, 0, PCAP_SNAPLEN_MAX)
+        check_int("qthreshold", self.qthreshold, 1, 2**32 - 1)
         ft = self.flush_timeout
         if isinstance(ft, bool) or not isinstance(ft, (int, float)) or not 0 <= ft <= 42949672:
             raise ValueError(f"flush_timeout must be 0..42949672 seconds, got {ft!r}")
-        _int("nlbufsiz", self.nlbufsiz, NLBUFSIZ_MIN, NLBUFSIZ_MAX)
-        _int("rcvbuf", self.rcvbuf, 0, 2**31 - 1)
-        _int("ring_size", self.ring_size, 64 * 1024, 2**40)
+        check_int("nlbufsiz", self.nlbufsiz, NLBUFSIZ_MIN, NLBUFSIZ_MAX)
+        check_int("rcvbuf", self.rcvbuf, 0, 2**31 - 1)
+        check_int("ring_size", self.ring_size, 64 * 1024, 2**40)
         if self.netns is not None:
             validate_netns_name(self.netns)
 

@@ -1,3 +1,4 @@
+
 """Rule sets as data: backend-neutral rule objects, their validation, and owner tags.
 
 A :class:`RuleSet` is a list of :class:`Rule` objects plus the address families it applies
@@ -14,6 +15,8 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
+
+from ..validate import check_int, validate_group
 
 __all__ = [
     "COMMENT_PREFIX",
@@ -53,18 +56,6 @@ SNAPLEN_MAX = 65535
 THRESHOLD_MAX = 65535
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 OWNER_TAG_RE = re.compile(r"^pid(?P<pid>[0-9]+)-s(?P<start>[0-9]+)-(?P<rand>[0-9a-f]+)$")
-
-
-def _int(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
-    return value
-
-
-def validate_group(group: Any) -> int:
-    return _int("NFLOG group", group, 0, 65535)
 
 
 def validate_family(family: Any) -> tuple[Family, ...]:
@@ -176,9 +167,9 @@ class PolicyElement:
 
     def __post_init__(self) -> None:
         if self.reqid is not None:
-            _int("reqid", self.reqid, 0, U32_MAX)
+            check_int("reqid", self.reqid, 0, U32_MAX)
         if self.spi is not None:
-            _int("spi", self.spi, 0, U32_MAX)
+            check_int("spi", self.spi, 0, U32_MAX)
         if self.proto is not None and self.proto not in ("esp", "ah", "ipcomp"):
             raise ValueError(f"policy proto must be 'esp', 'ah' or 'ipcomp', not "
                              f"{self.proto!r}")
@@ -321,9 +312,9 @@ class NflogTarget:
         validate_group(self.group)
         validate_prefix(self.prefix)
         if self.size is not None:
-            _int("snaplen (--nflog-size)", self.size, 0, SNAPLEN_MAX)
+            check_int("snaplen (--nflog-size)", self.size, 0, SNAPLEN_MAX)
         if self.threshold is not None:
-            _int("threshold (--nflog-threshold)", self.threshold, 1, THRESHOLD_MAX)
+            check_int("threshold (--nflog-threshold)", self.threshold, 1, THRESHOLD_MAX)
 
 
 @dataclass(frozen=True)
@@ -454,7 +445,7 @@ def dedupe_ports(ports: Iterable[Any]) -> tuple[int, ...]:
     if isinstance(ports, (str, bytes)) or isinstance(ports, int):
         raise ValueError(f"ike_ports must be a list of port numbers, not {ports!r}")
     for p in ports:
-        _int("IKE port", p, 1, 65535)
+        check_int("IKE port", p, 1, 65535)
         if p not in out:
             out.append(p)
     if len(out) > MULTIPORT_MAX:
