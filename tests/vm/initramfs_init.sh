@@ -10,11 +10,12 @@ fail() { echo "initramfs: $*" > /dev/console; $bb sleep 1; echo o > /proc/sysrq-
 for m in $($bb cat /modules/order); do
     $bb insmod "/modules/$m" || fail "insmod $m failed"
 done
-xchg= ; init=
+xchg= ; init= ; proj=
 for w in $($bb cat /proc/cmdline); do
     case "$w" in
         ipnf.xchg=*) xchg="${w#ipnf.xchg=}" ;;
         ipnf.init=*) init="${w#ipnf.init=}" ;;
+        ipnf.proj=*) proj="${w#ipnf.proj=}" ;;
     esac
 done
 opts=trans=virtio,version=9p2000.L,msize=512000
@@ -27,6 +28,11 @@ for d in /tmp /run /var/tmp; do
 done
 $bb chmod 1777 /newroot/tmp /newroot/var/tmp
 $bb mkdir -p /newroot/run/lock /newroot/run/netns
+if [ -n "$proj" ]; then
+    # the project may live under a directory that is now a tmpfs (a checkout in /tmp)
+    $bb mkdir -p "/newroot$proj" 2>/dev/null
+    $bb mount -t 9p -o "$opts,ro,cache=loose" project "/newroot$proj" || fail "mounting $proj failed"
+fi
 if [ -n "$xchg" ]; then
     # the exchange dir lives under the host's /tmp, which is now a tmpfs: recreate the path
     $bb mkdir -p "/newroot$xchg"

@@ -202,7 +202,8 @@ def qemu_argv(boot: BootFiles, xchg: Path, *, memory_mb: int = 1024, cpus: int =
         "console=ttyS0", "quiet", "loglevel=3", "panic=-1", "oops=panic", "nokaslr",
         "mitigations=off", "tsc=reliable", "no_timer_check", "i8042.noaux", "i8042.nokbd",
         "random.trust_cpu=on",
-        f"ipnf.xchg={xchg}", f"ipnf.init={HERE / 'guest_init.sh'}", extra_append,
+        f"ipnf.xchg={xchg}", f"ipnf.proj={PROJECT}", f"ipnf.init={HERE / 'guest_init.sh'}",
+        extra_append,
     ]).strip()
     return [
         qemu_binary(), "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
@@ -211,6 +212,10 @@ def qemu_argv(boot: BootFiles, xchg: Path, *, memory_mb: int = 1024, cpus: int =
         "-kernel", str(boot.kernel), "-initrd", str(boot.initramfs), "-append", append,
         "-fsdev", "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=root,mount_tag=hostroot",
+        # The project gets its own share: a checkout under /tmp (as CI's may be) would be
+        # hidden by the guest's tmpfs on /tmp.
+        "-fsdev", f"local,id=proj,path={PROJECT},security_model=none,readonly=on",
+        "-device", "virtio-9p-pci,fsdev=proj,mount_tag=project",
         "-fsdev", f"local,id=xchg,path={xchg},security_model=none",
         "-device", "virtio-9p-pci,fsdev=xchg,mount_tag=xchg",
         "-serial", f"file:{console}" if console else "null",
