@@ -105,6 +105,8 @@ class Capture:
             config = config.replace(**extra)
         self.config = config
         self._lock = threading.Lock()  # serialises consumer calls against close()
+        self._no_waiters = threading.Condition(self._lock)
+        self._waiters = 0  # threads inside nfc_wait; close() frees the core only at zero
         self._c: Any = None
         self._batch: Batch | None = None
         self._stopped = False
@@ -181,13 +183,20 @@ class Capture:
                     return self._batch
                 if self._stopped:
                     return None
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
                 c = self._c
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
+                self._waiters += 1
             wait_ms = _WAIT_SLICE_MS if remaining is None else min(
                 _WAIT_SLICE_MS, max(1, int(remaining * 1000)))
-            rc = lib.nfc_wait(c, wait_ms)  # the GIL is released while C waits
+            try:
+                rc = lib.nfc_wait(c, wait_ms)  # the GIL is released while C waits
+            finally:
+                with self._lock:
+                    self._waiters -= 1
+                    if not self._waiters:
+                        self._no_waiters.notify_all()
             if rc < 0 and rc != -4:  # -EINTR: let Python run its signal handlers
                 raise_for_errno(rc, "wait for packets")
 
@@ -283,9 +292,11 @@ class Capture:
         """Stop and release everything; safe to call more than once."""
         if self._c is None:
             return
-        self._lib.nfc_stop(self._c)
+        self._lib.nfc_stop(self._c)  # wakes every nfc_wait through the stop fd
         self._stopped = True
         with self._lock:
+            while self._waiters:
+                self._no_waiters.wait()
             if self._c is None:
                 return
             self._final_stats = self._stats_unlocked()

@@ -302,3 +302,19 @@ def test_ring_wraps_without_reordering_or_losing_records(netns: str) -> None:
     assert g.seq_gap_packets == 0
     missing = sorted(set(range(n)) - set(seqs))
     assert len(missing) == g.ring_drop_packets
+
+
+def test_close_from_another_thread_wakes_a_blocked_reader(netns: str) -> None:
+    import threading
+
+    cap = Capture(groups=[49], netns=netns)
+    result: list[object] = []
+    t = threading.Thread(target=lambda: result.append(cap.read_batch(timeout=None)))
+    t.start()
+    time.sleep(0.3)  # the reader is blocked in C, waiting for packets
+    t0 = time.monotonic()
+    cap.close()
+    t.join(5)
+    assert not t.is_alive()
+    assert result == [None]
+    assert time.monotonic() - t0 < 2
