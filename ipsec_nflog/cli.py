@@ -241,8 +241,12 @@ def _open_output(args: argparse.Namespace, cap: Any) -> Any:
     extra: dict[str, Any] = {}
     if (fmt or default_format(args.write)) == "pcapng":
         extra = {"groups": cap.config.groups, "stats_source": cap.stats}
+    to_stdout = args.write == "-"  # like tcpdump -w -: pipe into wireshark -k -i -
+    if to_stdout and (args.file_size or args.rotate_seconds):
+        raise CliError("-w - cannot rotate (-C/-G)")
     return open_writer(
-        args.write, format=fmt, overwrite=args.overwrite,
+        "/dev/stdout" if to_stdout else args.write, format=fmt,
+        overwrite=args.overwrite or to_stdout,
         flush_every_batch=args.packet_buffered,
         rotate_bytes=args.file_size * 1_000_000 if args.file_size else None,
         rotate_seconds=args.rotate_seconds, rotate_count=args.file_count, **extra,
@@ -461,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NFLOG group (repeatable)")
     c.add_argument("-i", dest="group", type=_group_arg, action="append",
                    metavar="nflog:N", help="same as -g, tcpdump style")
-    c.add_argument("-w", "--write", metavar="FILE", help="write packets to FILE")
+    c.add_argument("-w", "--write", metavar="FILE",
+                   help="write packets to FILE ('-': standard output)")
     c.add_argument("-s", "--snaplen", type=int, default=0, help="bytes per packet (0: all)")
     c.add_argument("-c", "--count", type=_positive_int, help="stop after COUNT packets")
     c.add_argument("--duration", type=_positive_float, help="stop after SECONDS")

@@ -319,3 +319,20 @@ def test_python_dash_m_works() -> None:
     r = subprocess.run([sys.executable, "-m", "ipsec_nflog", "--version"], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 0
+
+
+@pytest.mark.privileged
+def test_write_to_stdout_pipes_a_pcap(netns: str) -> None:
+    import io
+
+    from ipsec_nflog.pcapfile import CaptureReader
+
+    add_nflog(netns, 7800, 59, prefix="piped")
+    proc = subprocess.Popen(argv("capture", "--netns", netns, "-g", "59", "-w", "-", "-c",
+                                 "4", "-q"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_bound(netns, 59, proc)  # type: ignore[arg-type]
+    send_udp(netns, 7800, 4)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    pkts = list(CaptureReader(io.BytesIO(out)))
+    assert [p.prefix for p in pkts] == ["piped"] * 4
