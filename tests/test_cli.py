@@ -336,3 +336,31 @@ def test_write_to_stdout_pipes_a_pcap(netns: str) -> None:
     assert proc.returncode == 0, err
     pkts = list(CaptureReader(io.BytesIO(out)))
     assert [p.prefix for p in pkts] == ["piped"] * 4
+
+
+@pytest.mark.privileged
+def test_full_disk_stops_cleanly_with_a_valid_file(netns: str, tmp_path: Path) -> None:
+    """ENOSPC mid-capture: the capture stops, says how much it wrote, the file keeps every
+    complete record, and the rules it installed are gone."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True)
+    try:
+        out = mnt / "full.pcap"
+        proc = start("capture", "--netns", netns, "-g", "60", "-w", str(out), "--rules",
+                     "ike-esp-out", "--backend", "iptables", "--ike-port", "7900")
+        wait_bound(netns, 60, proc)
+        s = nstools.ns_socket(netns)
+        for _ in range(400):
+            s.sendto(b"F" * 1000, ("127.0.0.1", 7900))
+        s.close()
+        code, _, err = finish(proc)
+        assert code == 1, err
+        assert "No space left on device" in err
+        assert "Traceback" not in err
+        records = list(read_capture(str(out)))
+        assert 0 < len(records) < 400
+        assert all(len(p.payload or b"") == 1028 for p in records)
+        assert our_rules(netns) == ""
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

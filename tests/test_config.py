@@ -58,3 +58,19 @@ def test_build_without_libnetfilter_log_says_what_to_install(tmp_path: object) -
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert "apt-get install libnetfilter-log-dev" in lines[0]
+
+
+def test_missing_compiled_core_says_what_to_do() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['ipsec_nflog._nflog_cffi'] = None  # as if the build never ran\n"
+        "import ipsec_nflog\n"
+        "try:\n"
+        "    ipsec_nflog.Capture(groups=[1])\n"
+        "except ipsec_nflog.LibraryMissingError as e:\n"
+        "    assert isinstance(e, ImportError)\n"
+        "    print('missing:', e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "missing:" in r.stdout and "pip install" in r.stdout
