@@ -391,7 +391,8 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
     if args.action == "show":
         if args.preset:
-            print(rules.render(args.preset, group=args.group, **_rules_kwargs(args)), end="")
+            text = rules.render(args.preset, group=args.group, **_rules_kwargs(args))
+            print(text, end="" if text.endswith("\n") else "\n")
         else:
             print(rules.show(netns=args.netns) or "no ipsec_nflog rules installed")
         return EXIT_OK

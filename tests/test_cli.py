@@ -364,3 +364,20 @@ def test_full_disk_stops_cleanly_with_a_valid_file(netns: str, tmp_path: Path) -
         assert our_rules(netns) == ""
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.privileged
+def test_rules_install_show_remove(netns: str) -> None:
+    def run(*args: str) -> str:
+        r = subprocess.run(argv("rules", *args, "--netns", netns), capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    out = run("install", "ike-esp-out", "-g", "61", "--backend", "iptables", "--family", "ipv4")
+    tag = out.split("--tag ")[-1].strip()
+    assert tag and f"ipsec_nflog:{tag}" in our_rules(netns)
+    assert tag in run("show")
+    assert "removed 3 rule(s)" in run("remove", "--tag", tag)
+    assert our_rules(netns) == ""
+    assert "no ipsec_nflog rules installed" in run("show")
