@@ -2,12 +2,14 @@
 # Install everything ipsec_nflog needs on Debian/Ubuntu (as root): system packages, a
 # virtualenv in .venv, and the package built in place with its compiled core.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
 if [ "$(id -u)" -ne 0 ]; then
-  echo "install.sh: run as root (it installs system packages with apt-get)" >&2
+  # Packages, namespaces and NFLOG need root: re-run through sudo where there is one.
+  command -v sudo >/dev/null 2>&1 && exec sudo -E "$0" "$@"
+  echo "$(basename "$0"): run as root (it installs packages and captures NFLOG)" >&2
   exit 1
 fi
+cd "$(dirname "$0")/.."
+
 pkgs=$(grep -v '^\s*#' scripts/apt-packages.txt | grep -v '^\s*$' | tr '\n' ' ')
 export DEBIAN_FRONTEND=noninteractive
 # tshark asks whether non-root users may capture; answer it up front.
