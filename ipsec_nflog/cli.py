@@ -347,20 +347,65 @@ def cmd_read(args: argparse.Namespace) -> int:
     from .pcapfile import read_capture
     from .summary import summarize
 
-    shown = 0
+    keys_dir = getattr(args, "keys", None)
+    logs = getattr(args, "log", None) or []
+    write_decrypted = getattr(args, "write_decrypted", None)
+    decryptor: Any = None
+    writer: Any = None
+    if keys_dir or logs:
+        from . import decrypt
+
+        try:
+            decryptor = decrypt.EspDecryptor.from_files(esp_sa=keys_dir, logs=logs,
+                                                         skip_unsupported=True)
+        except OSError as e:
+            raise CliError(f"cannot read keys from {e.filename or keys_dir}: "
+                           f"{e.strerror or e}") from None
+        for w in decryptor.warnings:
+            print(f"ipsec-nflog: warning: {w}", file=sys.stderr)
+        if not len(decryptor):
+            raise CliError("no usable ESP keys in " + ", ".join([*([keys_dir] if keys_dir
+                                                                  else []), *logs]))
+    elif write_decrypted:
+        raise CliError("--write-decrypted needs --keys DIR or --log FILE")
+    if write_decrypted:
+        try:
+            writer = decrypt.DecryptedWriter(write_decrypted,
+                                             overwrite=getattr(args, "overwrite", False))
+        except FileExistsError:
+            raise CliError(f"{write_decrypted} already exists (--overwrite replaces it)"
+                           ) from None
+
+    shown = written = 0
     out = sys.stdout
-    for pkt in read_capture(args.file):
-        if args.group is not None and getattr(pkt, "group", None) not in args.group:
-            continue
-        if args.prefix is not None and getattr(pkt, "prefix", None) != args.prefix:
-            continue
-        if args.hook is not None and hook_name(getattr(pkt, "family", 0),
-                                               getattr(pkt, "hook", None)) != args.hook:
-            continue
-        out.write(summarize(pkt, utc=args.utc) + "\n")
-        shown += 1
-        if args.count and shown >= args.count:
-            break
+    try:
+        for pkt in read_capture(args.file):
+            if args.group is not None and getattr(pkt, "group", None) not in args.group:
+                continue
+            if args.prefix is not None and getattr(pkt, "prefix", None) != args.prefix:
+                continue
+            if args.hook is not None and hook_name(getattr(pkt, "family", 0),
+                                                   getattr(pkt, "hook", None)) != args.hook:
+                continue
+            line = summarize(pkt, utc=args.utc)
+            if decryptor is not None and pkt.payload:
+                res = decryptor.decrypt(pkt.payload)
+                if res is not None:
+                    line += "\n    " + res.describe()
+                    if writer is not None and res.ok and res.ip_packet:
+                        writer.write_packet(pkt.ts_sec, pkt.ts_usec, res.ip_packet)
+                        written += 1
+            out.write(line + "\n")
+            shown += 1
+            if args.count and shown >= args.count:
+                break
+    finally:
+        if writer is not None:
+            writer.close()
+    if decryptor is not None:
+        out.flush()
+        tail = f"; wrote {written} to {write_decrypted}" if writer is not None else ""
+        print(f"{decryptor.stats.summary()}{tail}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -510,6 +555,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--hook", type=str.upper, help="only this hook (INPUT, OUTPUT, ...)")
     r.add_argument("-c", "--count", type=_positive_int)
     r.add_argument("--utc", action="store_true", help="print times in UTC")
+    dg = r.add_argument_group(
+        "ESP decryption",
+        "with keys, each ESP packet's line (ESP or ESP-in-UDP on 4500) is followed by an "
+        "indented line with its inner packet, '[decrypted spi=0x... seq=N] <summary>', or why "
+        "it was not decrypted ('[ESP bad-icv ...]', 'unknown-spi', 'bad-padding', "
+        "'malformed'); AES-CBC + HMAC-SHA1/SHA2 and AES-GCM; a summary goes to stderr")
+    dg.add_argument("--keys", metavar="DIR",
+                    help="directory with Wireshark's esp_sa (as written by 'ipsec-nflog keys "
+                         "--out DIR'), or an esp_sa file")
+    dg.add_argument("--log", action="append", default=[], metavar="FILE",
+                    help="charon log written with 'chd 4' (repeatable)")
+    dg.add_argument("--write-decrypted", dest="write_decrypted", metavar="OUT",
+                    help="write the decrypted inner IP packets (tunnel mode; transport mode "
+                         "with the outer IP header) with the outer packets' timestamps as a "
+                         "LINKTYPE_RAW pcap, mode 0600")
+    dg.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --write-decrypted file")
     r.set_defaults(func=cmd_read)
 
     ru = sub.add_parser("rules", help="show, install, remove or clean up NFLOG rules")

@@ -25,6 +25,7 @@ Limitations: IKEv1 is not handled; an IKE_SA created by an IKE rekeying has no l
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import ipaddress
 import os
@@ -45,6 +46,7 @@ __all__ = [
     "ikev2_line",
     "parse_charon_log",
     "parse_xfrm_state",
+    "read_esp_sa",
     "read_xfrm_state",
     "tshark_options",
     "write_esp_sa",
@@ -652,6 +654,39 @@ def _key(word: str) -> bytes:
         return bytes.fromhex(word[2:])
     # iproute2 prints non-hex keys as quoted strings
     return word.strip('"').encode()
+
+
+# ---- Wireshark's esp_sa file -----------------------------------------------------------------
+
+def read_esp_sa(path: Union[str, os.PathLike[str]]) -> list[EspSa]:
+    """The SAs of a Wireshark ``esp_sa`` UAT file (the format ``keys.write_esp_sa`` writes:
+    ``"IPv4","src","dst","0xSPI","enc","0xKEY","integ","0xKEY"``), or of the ``esp_sa`` file
+    inside a directory. Comment lines (``#``) and blank lines are skipped; a record that
+    cannot be read raises ValueError naming the file and line."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        p = os.path.join(p, ESP_SA_FILE)
+    out: list[EspSa] = []
+    with open(p, newline="") as f:
+        for lineno, row in enumerate(csv.reader(f), 1):
+            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+                continue
+            try:
+                out.append(_esp_sa_row(row))
+            except (ValueError, IndexError) as e:
+                raise ValueError(f"{p}:{lineno}: not an esp_sa record ({e})") from None
+    return out
+
+
+def _esp_sa_row(row: list[str]) -> EspSa:
+    if len(row) < 8:
+        raise ValueError(f"{len(row)} fields, expected 8")
+    _family, src, dst, spi_text, enc, enc_key, integ, integ_key = (c.strip() for c in row[:8])
+    if spi_text == "*":
+        raise ValueError("wildcard SPIs are not supported")
+    return EspSa(src=src, dst=dst, spi=int(spi_text, 0), encryption=enc,
+                 encryption_key=_key(enc_key), integrity=integ,
+                 integrity_key=_key(integ_key), source="esp_sa")
 
 
 def xfrm_state_argv(netns: str | None = None) -> list[str]:
