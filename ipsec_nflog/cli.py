@@ -322,8 +322,9 @@ def _summary(args: argparse.Namespace, stats: Any, writer: Any, error: BaseExcep
         return
     err = sys.stderr
     why = f" (stopped by {signal.Signals(signum).name})" if signum else ""
-    print(f"{stats.received_packets} packets received, {stats.delivered_packets} "
-          f"{'written' if writer else 'shown'}{why}", file=err)
+    done = (f"{writer.records_written} written" if writer is not None
+            else f"{stats.delivered_packets} shown")
+    print(f"{stats.received_packets} packets received, {done}{why}", file=err)
     for g, s in sorted(stats.groups.items()):
         print(f"  nflog:{g}: received {s.received_packets}, delivered {s.delivered_packets}, "
               f"kernel loss (seq gaps) {s.seq_gap_packets}, ENOBUFS overruns "
@@ -337,7 +338,9 @@ def _summary(args: argparse.Namespace, stats: Any, writer: Any, error: BaseExcep
         files = writer.files or [args.write]
         print(f"files: {', '.join(str(f) for f in files)}", file=err)
     if error is not None:
-        print(f"ipsec-nflog: capture stopped: {error}", file=err)
+        kept = (f"; {writer.files[-1] if writer.files else args.write} keeps "
+                f"{writer.records_written} complete records" if writer is not None else "")
+        print(f"ipsec-nflog: capture stopped: {error}{kept}", file=err)
 
 
 # ------------------------------------------------------------------------------- read --

@@ -360,6 +360,8 @@ def test_full_disk_stops_cleanly_with_a_valid_file(netns: str, tmp_path: Path) -
         assert "Traceback" not in err
         records = list(read_capture(str(out)))
         assert 0 < len(records) < 400
+        assert f"keeps {len(records)} complete records" in err
+        assert f"{len(records)} written" in err
         assert all(len(p.payload or b"") == 1028 for p in records)
         assert our_rules(netns) == ""
     finally:
