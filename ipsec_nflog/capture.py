@@ -6,13 +6,14 @@ in batches (``read_batch``) as memoryviews over the ring, or one parsed ``Packet
 
 from __future__ import annotations
 
+import asyncio
 import mmap
 import os
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from functools import lru_cache
 from typing import Any, Union
 
@@ -224,6 +225,39 @@ class Capture:
 
     def __iter__(self) -> Iterator[Packet]:
         return self.packets()
+
+    async def apackets(self, count: int | None = None,
+                       timeout: float | None = None) -> AsyncIterator[Packet]:
+        """``packets()`` for asyncio: waits on ``fileno()`` in the running loop instead of
+        blocking, so other tasks (a traffic generator, a strongSwan controller) keep going."""
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        fd = self.fileno()
+        loop.add_reader(fd, ready.set)  # level-triggered: readable while records pend
+        try:
+            deadline = None if timeout is None else loop.time() + timeout
+            left = count
+            while left is None or left > 0:
+                batch = self.read_batch(max_packets=left or 65536, timeout=0)
+                if batch is None:
+                    if self._stopped or self._c is None:
+                        return
+                    ready.clear()
+                    remaining = None if deadline is None else deadline - loop.time()
+                    if remaining is not None and remaining <= 0:
+                        return
+                    try:
+                        await asyncio.wait_for(ready.wait(), remaining)
+                    except asyncio.TimeoutError:
+                        return
+                    continue
+                n = batch.count
+                for pkt in self._packets_of(batch.data, n, release=batch):
+                    yield pkt
+                if left is not None:
+                    left -= n
+        finally:
+            loop.remove_reader(fd)
 
     def _packets_of(self, view: memoryview, count: int,
                     release: Batch | None = None) -> Iterator[Packet]:

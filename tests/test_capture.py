@@ -318,3 +318,34 @@ def test_close_from_another_thread_wakes_a_blocked_reader(netns: str) -> None:
     assert not t.is_alive()
     assert result == [None]
     assert time.monotonic() - t0 < 2
+
+
+def test_async_packets_let_other_tasks_run(netns: str) -> None:
+    nflog_rule(netns, "OUTPUT", 6700, 50, prefix="async")
+
+    async def main() -> tuple[list[bytes], int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        async def sender() -> None:
+            for i in range(5):
+                await asyncio.sleep(0.05)
+                send_udp(netns, "127.0.0.1", 6700, [b"as%d" % i])
+
+        with Capture(groups=[50], netns=netns, qthreshold=1, flush_timeout=0) as cap:
+            tasks = [asyncio.create_task(ticker()), asyncio.create_task(sender())]
+            got = [p.ip.data.data async for p in cap.apackets(count=5, timeout=10)]
+            none = [p async for p in cap.apackets(timeout=0.2)]
+            for t in tasks:
+                t.cancel()
+        assert none == []
+        return got, ticks
+
+    got, ticks = asyncio.run(main())
+    assert got == [b"as%d" % i for i in range(5)]
+    assert ticks >= 10  # the loop was never blocked while we waited for packets
