@@ -383,3 +383,14 @@ def test_rules_install_show_remove(netns: str) -> None:
     assert "removed 3 rule(s)" in run("remove", "--tag", tag)
     assert our_rules(netns) == ""
     assert "no ipsec_nflog rules installed" in run("show")
+
+
+def test_read_truncated_file_prints_whole_records_then_one_error(tmp_path: Path) -> None:
+    src = Path(__file__).parent / "fixtures" / "pcap_tcpdump_nflog.pcap"
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(src.read_bytes()[:300])
+    r = subprocess.run(argv("read", str(cut)), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert len(r.stdout.splitlines()) == 1 and "nflog:7" in r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "byte offset 160" in lines[0] and "truncated" in lines[0]
