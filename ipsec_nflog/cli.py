@@ -19,6 +19,7 @@ from typing import Any, NoReturn, TextIO
 from ._version import __version__
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DROPS = 0, 1, 2, 3
+FILE_RING_SIZE = 256 * 1024 * 1024  # capture -w: rides out writeback stalls
 
 
 class CliError(Exception):
@@ -165,6 +166,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
             opts[name] = getattr(args, name)
     if args.flush_timeout is not None:
         opts["flush_timeout"] = args.flush_timeout
+    if args.ring_size is None and args.write:
+        # A disk that stalls under writeback must not overflow the ring: the socket buffer
+        # sits idle while the reader drains it, so the ring is the only slack. Pages are
+        # touched only when a burst needs them.
+        opts["ring_size"] = FILE_RING_SIZE
     try:
         config = (CaptureConfig.low_latency(groups, **opts) if args.low_latency
                   else CaptureConfig(groups=tuple(groups), **opts))
@@ -546,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--flush-timeout", type=_positive_float, dest="flush_timeout")
     c.add_argument("--nlbufsiz", type=_size_arg)
     c.add_argument("--rcvbuf", type=_size_arg)
-    c.add_argument("--ring-size", type=_size_arg, dest="ring_size")
+    c.add_argument("--ring-size", type=_size_arg, dest="ring_size",
+                   help="ring between the C reader and the writer (default 64M, 256M with -w)")
     c.add_argument("-q", "--quiet", action="store_true", help="no status line or summary")
     _add_rule_options(c)
     c.set_defaults(func=cmd_capture)
