@@ -1,12 +1,7 @@
 #!/usr/bin/env bash
 # Install everything, then run a real capture demo in throwaway network namespaces.
 set -euo pipefail
-if [ "$(id -u)" -ne 0 ]; then
-  # Packages, namespaces and NFLOG need root: re-run through sudo where there is one.
-  command -v sudo >/dev/null 2>&1 && exec sudo -E "$0" "$@"
-  echo "$(basename "$0"): run as root (it installs packages and captures NFLOG)" >&2
-  exit 1
-fi
+. "$(dirname "$0")/_root.sh"
 cd "$(dirname "$0")/.."
 scripts/install.sh
 exec .venv/bin/ipsec-nflog demo "$@"

@@ -2,12 +2,7 @@
 # Install everything ipsec_nflog needs on Debian/Ubuntu (as root): system packages, a
 # virtualenv in .venv, and the package built in place with its compiled core.
 set -euo pipefail
-if [ "$(id -u)" -ne 0 ]; then
-  # Packages, namespaces and NFLOG need root: re-run through sudo where there is one.
-  command -v sudo >/dev/null 2>&1 && exec sudo -E "$0" "$@"
-  echo "$(basename "$0"): run as root (it installs packages and captures NFLOG)" >&2
-  exit 1
-fi
+. "$(dirname "$0")/_root.sh"
 cd "$(dirname "$0")/.."
 
 pkgs=$(grep -v '^\s*#' scripts/apt-packages.txt | grep -v '^\s*$' | tr '\n' ' ')
