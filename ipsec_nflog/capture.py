@@ -118,6 +118,7 @@ class Capture:
         self._ffi, self._lib = ffi, lib
         self._ring = mmap.mmap(-1, config.ring_size)
         self._ring_c = ffi.from_buffer("char[]", self._ring)
+        self._batch_c = ffi.new("struct nfc_batch *")  # reused by every read_batch
         self._open()
 
     def _open(self) -> None:
@@ -166,7 +167,7 @@ class Capture:
             raise ValueError("max_packets and max_bytes must be positive")
         deadline = None if timeout is None else time.monotonic() + timeout
         ffi, lib = self._ffi, self._lib
-        b = ffi.new("struct nfc_batch *")
+        b = self._batch_c
         while True:
             with self._lock:
                 if self._c is None:
@@ -275,6 +276,16 @@ class Capture:
         for row in rows:
             start = row[0]
             yield make(data[start : start + row[1]], row, resolver)
+
+    def drain_into(self, writer: Any) -> int:
+        """Write every record still in the ring with ``writer.write_records`` (a
+        ``pcapfile`` writer); returns how many. Use after ``stop()`` to end a capture."""
+        n = 0
+        while (batch := self.read_batch(timeout=0)) is not None:
+            with batch:
+                writer.write_records(batch.data, batch.count)
+                n += batch.count
+        return n
 
     def fileno(self) -> int:
         """Readable while records are pending. Drain with ``read_batch(timeout=0)`` until it

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -349,3 +350,16 @@ def test_async_packets_let_other_tasks_run(netns: str) -> None:
     got, ticks = asyncio.run(main())
     assert got == [b"as%d" % i for i in range(5)]
     assert ticks >= 10  # the loop was never blocked while we waited for packets
+
+
+def test_drain_into_writes_what_the_ring_holds(netns: str, tmp_path: Path) -> None:
+    from ipsec_nflog.pcapfile import open_writer, read_capture
+
+    nflog_rule(netns, "OUTPUT", 6800, 51, prefix="drain")
+    with Capture(groups=[51], netns=netns) as cap:
+        send_udp(netns, "127.0.0.1", 6800, [b"d%d" % i for i in range(30)])
+        cap.stop()  # waits out the kernel's flush timeout first
+        with open_writer(tmp_path / "d.pcap") as w:
+            assert cap.drain_into(w) == 30
+        assert cap.read_batch(timeout=0) is None
+    assert [p.prefix for p in read_capture(str(tmp_path / "d.pcap"))] == ["drain"] * 30

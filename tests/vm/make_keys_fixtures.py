@@ -42,13 +42,8 @@ def make(outdir: Path) -> None:
                 pair.ping(3)
                 pair.terminate()
                 cap.stop()
-                w = open_writer(pcap, "pcap")
-                try:
-                    while (b := cap.read_batch(timeout=0)) is not None:
-                        w.write_batch(b)
-                        b.release()
-                finally:
-                    w.close()
+                with open_writer(pcap, "pcap") as w:
+                    cap.drain_into(w)
             pcap.chmod(0o644)
             for peer, role in ((pair.left, "initiator"), (pair.right, "responder")):
                 shutil.copyfile(peer.log, outdir / f"keys_{name}_charon_{role}.log")

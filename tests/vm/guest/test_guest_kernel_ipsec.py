@@ -246,13 +246,8 @@ def test_tshark_decrypts_our_kernel_esp_capture_with_xfrm_keys(topo: Topo,
         ping(t, t.b_in)
         ping(t, t.c_in)
         cap.stop()
-        w = open_writer(pcap, "pcap")
-        try:
-            while (b := cap.read_batch(timeout=0)) is not None:
-                w.write_batch(b)
-                b.release()
-        finally:
-            w.close()
+        with open_writer(pcap, "pcap") as w:
+            cap.drain_into(w)
     sas = keys.read_xfrm_state(t.a)
     r = subprocess.run(["tshark", "-n", "-r", str(pcap), *keys.tshark_options(esp=sas),
                         "-T", "fields", "-E", "separator=|", "-e", "esp.spi", "-e",
