@@ -7,13 +7,14 @@ in batches (``read_batch``) as memoryviews over the ring, or one parsed ``Packet
 from __future__ import annotations
 
 import asyncio
+import errno
 import mmap
 import os
 import socket
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from functools import lru_cache
 from typing import Any, Union
 
@@ -29,6 +30,8 @@ _INDEX_ROW = struct.Struct("=5I22H")  # struct nfc_index
 NFULNL_CFG_F_SEQ = 0x0001
 NFULNL_CFG_F_SEQ_GLOBAL = 0x0002
 _WAIT_SLICE_MS = 250  # bounded waits keep close() from another thread prompt
+_STOP_SLICE_MS = 50  # how often stop() looks at ``interrupted``
+STOP_DRAIN_MAX = 2.0  # stop(): how long the kernel's flush may take to reach the ring
 
 
 def _ifname_resolver(netns: str | None) -> IfnameResolver:
@@ -44,8 +47,12 @@ def _ifname_resolver(netns: str | None) -> IfnameResolver:
 
 class Batch:
     """A run of consecutive records in the ring, valid until ``release()`` (or the next
-    ``read_batch``). ``data`` is the records exactly as a LINKTYPE_NFLOG pcap file stores
-    them (host byte order), so ``file.write(batch.data)`` writes them."""
+    ``read_batch``). ``data`` is a read-only view of the records exactly as a LINKTYPE_NFLOG
+    pcap file stores them (host byte order), so ``file.write(batch.data)`` writes them.
+
+    After ``release()`` ``data`` raises ``ValueError``. Slices or exports taken from it
+    (``data[a:b]``, ``numpy.frombuffer``) cannot be revoked by CPython: they stay read-only
+    views of ring memory that the capture reuses, so copy what must outlive the batch."""
 
     __slots__ = ("_capture", "_released", "count", "data", "nbytes")
 
@@ -61,13 +68,24 @@ class Batch:
 
     def __iter__(self) -> Iterator[Packet]:
         """Parsed packets; each owns a copy of its bytes and outlives the batch."""
+        if self._released:
+            raise ValueError("this batch was released: its records are gone from the ring")
         return self._capture._packets_of(self.data, self.count)
 
     def release(self) -> None:
-        if not self._released:
-            self._released = True
+        """Give the ring space back. The space goes back even when a buffer export of
+        ``data`` is still held (then ``BufferError`` says so): the capture stays usable."""
+        if self._released:
+            return
+        self._released = True
+        self._capture._release(self)
+        try:
             self.data.release()
-            self._capture._release(self)
+        except BufferError:
+            raise BufferError(
+                "a buffer export of Batch.data (numpy, cffi from_buffer, ...) was still held "
+                "at release(); the ring space was reused anyway, so that export no longer "
+                "shows this batch: copy the bytes to keep them") from None
 
     def __enter__(self) -> Batch:
         return self
@@ -116,12 +134,20 @@ class Capture:
         from ._native import ffi, lib  # the compiled core is needed from here on
 
         self._ffi, self._lib = ffi, lib
-        self._ring = mmap.mmap(-1, config.ring_size)
-        self._ring_c = ffi.from_buffer("char[]", self._ring)
-        self._batch_c = ffi.new("struct nfc_batch *")  # reused by every read_batch
-        self._open()
+        self._pid = os.getpid()  # a forked child must not touch the parent's capture
+        # The ring is a memfd the C core maps writable; we map it read-only, so no view we
+        # hand out can change what the core reads back.
+        ring_fd = os.memfd_create("ipsec_nflog-ring", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(ring_fd, config.ring_size)
+            self._ring = mmap.mmap(ring_fd, config.ring_size, access=mmap.ACCESS_READ)
+            self._ring_view = memoryview(self._ring)
+            self._batch_c = ffi.new("struct nfc_batch *")  # reused by every read_batch
+            self._open(ring_fd)
+        finally:
+            os.close(ring_fd)
 
-    def _open(self) -> None:
+    def _open(self, ring_fd: int) -> None:
         ffi, lib, cfg = self._ffi, self._lib, self.config
         params = ffi.new("struct nfc_params *", {
             "snaplen": cfg.effective_snaplen,
@@ -137,7 +163,7 @@ class Capture:
         failed_op = ffi.new("const char **")
         netns_fd = open_netns(cfg.netns) if cfg.netns else -1
         try:
-            rc = lib.nfc_open(out, groups, len(cfg.groups), params, self._ring_c,
+            rc = lib.nfc_open(out, groups, len(cfg.groups), params, ring_fd,
                               cfg.ring_size, netns_fd, failed_group, failed_op)
         finally:
             if netns_fd >= 0:
@@ -166,8 +192,9 @@ class Capture:
         if max_packets < 1 or max_bytes < 1:
             raise ValueError("max_packets and max_bytes must be positive")
         deadline = None if timeout is None else time.monotonic() + timeout
-        ffi, lib = self._ffi, self._lib
+        lib = self._lib
         b = self._batch_c
+        self._check_owner("read a batch")
         while True:
             with self._lock:
                 if self._c is None:
@@ -178,10 +205,8 @@ class Capture:
                 if n < 0:
                     raise_for_errno(n, "read a batch")
                 if n > 0:
-                    off = int(ffi.cast("uintptr_t", b.data)) - int(
-                        ffi.cast("uintptr_t", self._ring_c))
-                    view = memoryview(self._ring)[off : off + b.nbytes]
-                    self._batch = Batch(self, view, n)
+                    off = b.offset
+                    self._batch = Batch(self, self._ring_view[off : off + b.nbytes], n)
                     return self._batch
                 if self._stopped:
                     return None
@@ -199,14 +224,18 @@ class Capture:
                     self._waiters -= 1
                     if not self._waiters:
                         self._no_waiters.notify_all()
-            if rc < 0 and rc != -4:  # -EINTR: let Python run its signal handlers
+            if rc < 0 and rc != -errno.EINTR:  # EINTR: let Python run its signal handlers
                 raise_for_errno(rc, "wait for packets")
 
     def _release(self, batch: Batch) -> None:
         if self._batch is batch:
             self._batch = None
-            if self._c is not None:
+            if self._c is not None and os.getpid() == self._pid:
                 self._lib.nfc_release(self._c)
+
+    def _check_owner(self, operation: str) -> None:
+        if os.getpid() != self._pid:
+            raise_for_errno(-errno.ECHILD, operation)
 
     def packets(self, count: int | None = None,
                 timeout: float | None = None) -> Iterator[Packet]:
@@ -321,21 +350,39 @@ class Capture:
                 self._lib.nfc_pause(self._c, int(paused))
 
     # -- lifecycle ---------------------------------------------------------------------
-    def stop(self, drain: float | None = None) -> None:
+    def stop(self, drain: float | None = None,
+             interrupted: Callable[[], bool] | None = None) -> None:
         """Stop reading from the kernel; records already in the ring can still be read.
-        ``drain`` seconds (default: the flush timeout plus 50 ms) first let the kernel
-        flush what it has queued, so the tail of a capture is not cut off."""
+
+        First every group is unbound, which makes the kernel hand over what it still has
+        queued at once; the reader takes it, up to ``drain`` seconds (default
+        ``STOP_DRAIN_MAX``; 0 skips this and stops at once). ``interrupted`` (e.g. "a
+        signal asked us to stop") is polled while waiting and ends the wait early."""
         if self._c is None or self._stopped:
             return
-        wait = self.config.flush_timeout + 0.05 if drain is None else drain
+        self._check_owner("stop the capture")
+        wait = STOP_DRAIN_MAX if drain is None else drain
         if wait > 0:
-            time.sleep(wait)
+            rc = self._lib.nfc_flush(self._c)
+            if rc < 0:
+                raise_for_errno(rc, "flush the kernel queue")
+            deadline = time.monotonic() + wait
+            while not (interrupted is not None and interrupted()):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._lib.nfc_wait_flushed(
+                        self._c, max(1, min(_STOP_SLICE_MS, int(left * 1000)))):
+                    break
         self._lib.nfc_stop(self._c)  # joins the reader; wakes waiters via the stop fd
         self._stopped = True
 
     def close(self) -> None:
-        """Stop and release everything; safe to call more than once."""
+        """Stop and release everything; safe to call more than once. In a forked child
+        this only lets go of the child's copies: the parent's capture runs on."""
         if self._c is None:
+            return
+        if os.getpid() != self._pid:
+            self._lib.nfc_close(self._c)  # no lock: another thread may have held it at fork
+            self._c = None
             return
         self._lib.nfc_stop(self._c)  # wakes every nfc_wait through the stop fd
         self._stopped = True

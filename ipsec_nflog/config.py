@@ -10,14 +10,23 @@ from typing import Any, Union
 from .netns import validate_netns_name
 from .validate import check_int, validate_group
 
-__all__ = ["KERNEL_SNAPLEN_MAX", "NLBUFSIZ_MAX", "NLBUFSIZ_MIN", "CaptureConfig"]
+__all__ = ["FLUSH_TIMEOUT_MAX", "KERNEL_SNAPLEN_MAX", "NLBUFSIZ_MAX", "NLBUFSIZ_MIN",
+           "CaptureConfig", "recv_buffer_size"]
 
 KERNEL_SNAPLEN_MAX = 65531  # NFULNL_COPY_RANGE_MAX = 0xffff - NLA_HDRLEN
 PCAP_SNAPLEN_MAX = 262144  # tcpdump's -s limit; larger asks are errors, not clamps
 NLBUFSIZ_MIN = 4096
 NLBUFSIZ_MAX = 131072  # the kernel ignores larger values without an error
 MAX_GROUPS = 32
+FLUSH_TIMEOUT_MAX = 10.0  # seconds; longer only delays packets (stop() flushes at once)
 MiB = 1024 * 1024
+
+
+def recv_buffer_size(nlbufsiz: int) -> int:
+    """The C core's buffer for one kernel batch (NFC_RECV_BUFFER): slab rounding can nearly
+    double nlbufsiz, and one message can carry a 65531-byte payload on its own. A ring
+    smaller than this cannot take one whole batch."""
+    return 4 * nlbufsiz + 128 * 1024
 
 
 @dataclass(frozen=True)
@@ -56,11 +65,18 @@ class CaptureConfig:
         check_int("snaplen", self.snaplen, 0, PCAP_SNAPLEN_MAX)
         check_int("qthreshold", self.qthreshold, 1, 2**32 - 1)
         ft = self.flush_timeout
-        if isinstance(ft, bool) or not isinstance(ft, (int, float)) or not 0 <= ft <= 42949672:
-            raise ValueError(f"flush_timeout must be 0..42949672 seconds, got {ft!r}")
+        if (isinstance(ft, bool) or not isinstance(ft, (int, float))
+                or not 0 <= ft <= FLUSH_TIMEOUT_MAX):
+            raise ValueError(f"flush_timeout must be 0..{FLUSH_TIMEOUT_MAX:g} seconds, "
+                             f"got {ft!r}")
         check_int("nlbufsiz", self.nlbufsiz, NLBUFSIZ_MIN, NLBUFSIZ_MAX)
         check_int("rcvbuf", self.rcvbuf, 0, 2**31 - 1)
-        check_int("ring_size", self.ring_size, 64 * 1024, 2**40)
+        ring_min = recv_buffer_size(self.nlbufsiz)
+        if (isinstance(self.ring_size, int) and not isinstance(self.ring_size, bool)
+                and self.ring_size < ring_min):
+            raise ValueError(f"ring_size must be at least {ring_min} bytes (one kernel batch "
+                             f"of nlbufsiz {self.nlbufsiz}), got {self.ring_size}")
+        check_int("ring_size", self.ring_size, ring_min, 2**40)
         if self.netns is not None:
             validate_netns_name(self.netns)
 

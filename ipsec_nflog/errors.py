@@ -58,12 +58,16 @@ def raise_for_errno(
     if netns:
         where += f" in network namespace {netns!r}"
     text = os.strerror(code)
-    if code == errno.EPERM or code == errno.EBUSY:
+    if code == errno.ECHILD:
+        raise _make(NflogError, code, f"cannot {operation}: this capture belongs to the "
+                    f"process that opened it, and this is a forked child (open a new Capture "
+                    f"here)", group, operation)
+    if group is not None and code in (errno.EPERM, errno.EBUSY):
         # The kernel answers EPERM both for a missing capability and for a group that
         # another socket owns; the proc table tells them apart.
         from .procinfo import find_group_holder
 
-        holder = find_group_holder(group, netns) if group is not None else None
+        holder = find_group_holder(group, netns)
         if holder is not None or code == errno.EBUSY:
             pid, comm = holder.pid if holder else None, holder.comm if holder else None
             who = f" by {comm} (pid {pid})" if pid else (

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ipsec_nflog import Capture, GroupBusyError
+from ipsec_nflog.config import recv_buffer_size
 from tests import nstools
 from tests.conftest import VethPair, require_tool
 
@@ -111,10 +112,11 @@ def test_snaplen_truncates_and_keeps_orig_len(netns: str) -> None:
 
 
 def test_honest_drop_accounting_with_tiny_ring(netns: str) -> None:
-    """A stalled consumer and a 64 KiB ring: every packet is delivered or counted."""
+    """A stalled consumer and the smallest ring allowed: every packet is delivered or counted."""
     nflog_rule(netns, "OUTPUT", 6200, 31)
     n = 4000
-    with Capture(groups=[31], netns=netns, ring_size=64 * 1024) as cap:
+    with Capture(groups=[31], netns=netns, nlbufsiz=4096,
+                 ring_size=recv_buffer_size(4096)) as cap:
         send_udp(netns, "127.0.0.1", 6200, [b"y" * 200] * n)
         wait_received(cap, n)
         delivered = sum(1 for _ in cap.packets(timeout=1.0))
@@ -282,7 +284,8 @@ def test_ring_wraps_without_reordering_or_losing_records(netns: str) -> None:
     n = 20000
     rng = random.Random(7)
     seqs: list[int] = []
-    with Capture(groups=[48], netns=netns, ring_size=64 * 1024, qthreshold=50) as cap:
+    with Capture(groups=[48], netns=netns, nlbufsiz=4096, ring_size=recv_buffer_size(4096),
+                 qthreshold=50) as cap:
         sender = threading.Thread(target=send_udp, args=(
             netns, "127.0.0.1", 6600, [b"w" * rng.randrange(1, 400) for _ in range(n)]))
         sender.start()

@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -40,14 +41,15 @@
 #endif
 
 #define REC_HDR 16u
-#define NLBUFSIZ_MIN 4096u
-#define NLBUFSIZ_MAX 131072u /* the kernel ignores larger values silently */
 #define NFLOG_MSG_PACKET ((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET)
+#define BIND_SEQ 1u
+#define UNBIND_SEQ 2u
 
 struct nfc_group {
     int fd;
     uint16_t group;
     uint32_t next_seq; /* the kernel numbers a new instance's packets from 0 */
+    int unbound;       /* the kernel acknowledged our UNBIND: its queue has been flushed */
     struct nfc_group_stats st;
 };
 
@@ -64,9 +66,16 @@ struct nfc_capture {
     uint64_t cap, rd, hand, wr, wrap_end;
     int wrapped;
     uint64_t stored, pending, pending_bytes;
-    uint64_t top_pending, top_pending_bytes; /* pending records in [hand, wrap_end) */
+    uint64_t top_pending; /* pending records in [hand, wrap_end) */
+    /* The batch handed out, counted per group when it was handed out: release never reads
+     * the ring back, so nothing a consumer does to its view can steer the core. */
     uint32_t out_count;
     uint64_t out_bytes;
+    uint32_t out_packets[NFC_MAX_GROUPS];
+    uint64_t out_group_bytes[NFC_MAX_GROUPS];
+    pthread_cond_t flushed_cv; /* signalled when every group's UNBIND is acknowledged */
+    uint32_t unbound_groups;
+    unsigned fork_gen; /* nfc_fork_generation at open: a forked child must not touch us */
 
     int event_fd; /* readable while pending > 0 */
     int stop_fd;  /* tells the reader thread (and waiters) to stop */
@@ -78,21 +87,17 @@ struct nfc_capture {
 
 const char *nfc_version(void) { return IPSEC_NFLOG_VERSION; }
 
-/* ---------------------------------------------------------------- records ---- */
+uint64_t nfc_recv_buffer_size(uint32_t nlbufsiz) { return NFC_RECV_BUFFER(nlbufsiz); }
 
-static const struct nlattr *find_attr(const unsigned char *body, uint32_t len, uint16_t type)
-{
-    uint32_t off = sizeof(struct nfgenmsg);
-    while (off + sizeof(struct nlattr) <= len) {
-        const struct nlattr *a = (const struct nlattr *)(body + off);
-        if (a->nla_len < sizeof(struct nlattr) || off + a->nla_len > len)
-            return NULL;
-        if ((a->nla_type & NLA_TYPE_MASK) == type)
-            return a;
-        off += NLA_ALIGN(a->nla_len);
-    }
-    return NULL;
-}
+/* A forked child inherits the sockets, the stop eventfd and the ring mapping; if it used
+ * them it would stop or corrupt the parent's capture. Every entry point checks this. */
+static volatile unsigned nfc_fork_generation;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void on_fork_child(void) { nfc_fork_generation++; }
+static void register_atfork(void) { pthread_atfork(NULL, NULL, on_fork_child); }
+#define FOREIGN(c) ((c)->fork_gen != nfc_fork_generation)
+
+/* ---------------------------------------------------------------- records ---- */
 
 static uint32_t be32_at(const unsigned char *p)
 {
@@ -141,18 +146,14 @@ static uint32_t orig_len_of(const struct nlattr *a, uint32_t len)
     return total > n ? len + (total - n) : len;
 }
 
-uint32_t nfc_orig_len(const unsigned char *body, uint32_t len)
-{
-    return orig_len_of(find_attr(body, len, NFULA_PAYLOAD), len);
-}
-
-static struct nfc_group *group_of(struct nfc_capture *c, const unsigned char *body)
+/* Index of the group a message belongs to (nfgenmsg res_id); -1 when it is none of ours. */
+static int group_index(const struct nfc_capture *c, const unsigned char *body)
 {
     uint16_t gnum = (uint16_t)((body[2] << 8) | body[3]);
     for (uint32_t i = 0; i < c->ngroups; i++)
         if (c->g[i].group == gnum)
-            return &c->g[i];
-    return NULL;
+            return (int)i;
+    return -1;
 }
 
 /* Reserve len bytes for one record; NULL when the ring is full. Called with mu held. */
@@ -171,7 +172,6 @@ static char *ring_reserve(struct nfc_capture *c, uint64_t len)
         c->wrapped = 1;
         c->wr = 0;
         c->top_pending = c->pending; /* everything pending sits before the wrap */
-        c->top_pending_bytes = c->pending_bytes;
         return c->ring;
     }
     return c->wr + len <= c->rd ? c->ring + c->wr : NULL;
@@ -243,8 +243,15 @@ static void handle_datagram(struct nfc_capture *c, struct nfc_group *from, const
             continue;
         if (nlh->nlmsg_type == NLMSG_ERROR) {
             const struct nlmsgerr *e = NLMSG_DATA(nlh);
-            if (nlh->nlmsg_len >= NLMSG_LENGTH(sizeof(*e)) && e->error != 0)
+            if (nlh->nlmsg_len < NLMSG_LENGTH(sizeof(*e)))
+                continue;
+            if (e->error != 0)
                 from->st.netlink_errors++;
+            if (nlh->nlmsg_seq == UNBIND_SEQ && !from->unbound) {
+                from->unbound = 1; /* every packet it flushed came before this ACK */
+                if (++c->unbound_groups == c->ngroups)
+                    pthread_cond_broadcast(&c->flushed_cv);
+            }
             continue;
         }
         if (nlh->nlmsg_type != NFLOG_MSG_PACKET)
@@ -255,8 +262,8 @@ static void handle_datagram(struct nfc_capture *c, struct nfc_group *from, const
             from->st.malformed++;
             continue;
         }
-        struct nfc_group *g = group_of(c, body);
-        store_packet(c, g ? g : from, body, len, now);
+        int gi = group_index(c, body);
+        store_packet(c, gi >= 0 ? &c->g[gi] : from, body, len, now);
     }
 }
 
@@ -341,7 +348,7 @@ static int config_group(struct nfc_capture *c, struct nfc_group *g, const struct
     memset(buf, 0, sizeof(buf));
     struct nlmsghdr *nlh = nflog_nlmsg_put_header(buf, NFULNL_MSG_CONFIG, AF_UNSPEC, g->group);
     nlh->nlmsg_flags |= NLM_F_ACK;
-    nlh->nlmsg_seq = 1;
+    nlh->nlmsg_seq = BIND_SEQ;
     nflog_attr_put_cfg_cmd(nlh, NFULNL_CFG_CMD_BIND);
     nflog_attr_put_cfg_mode(nlh, NFULNL_COPY_PACKET, p->snaplen);
     mnl_attr_put_u32(nlh, NFULA_CFG_NLBUFSIZ, htonl(g->st.nlbufsiz));
@@ -372,7 +379,7 @@ static int config_group(struct nfc_capture *c, struct nfc_group *g, const struct
         const struct nlmsghdr *m = (const struct nlmsghdr *)c->rbuf;
         int left = (int)n;
         for (; NLMSG_OK(m, left); m = NLMSG_NEXT(m, left)) {
-            if (m->nlmsg_type == NLMSG_ERROR && m->nlmsg_seq == 1) {
+            if (m->nlmsg_type == NLMSG_ERROR && m->nlmsg_seq == BIND_SEQ) {
                 const struct nlmsgerr *e = NLMSG_DATA(m);
                 if (e->error != 0)
                     return e->error;
@@ -453,22 +460,23 @@ static void *open_thread(void *arg)
 }
 
 int nfc_open(struct nfc_capture **out, const uint16_t *groups, uint32_t ngroups,
-             const struct nfc_params *params, char *ring, uint64_t ring_size, int netns_fd,
+             const struct nfc_params *params, int ring_fd, uint64_t ring_size, int netns_fd,
              int32_t *failed_group, const char **failed_op)
 {
     *out = NULL;
     *failed_group = -1;
     *failed_op = "validate";
-    if (ngroups == 0 || ngroups > NFC_MAX_GROUPS || !ring || ring_size < 4096)
+    if (ngroups == 0 || ngroups > NFC_MAX_GROUPS || ring_fd < 0 || ring_size < 4096)
         return -EINVAL;
+    pthread_once(&atfork_once, register_atfork);
     struct nfc_capture *c = calloc(1, sizeof(*c));
     if (!c)
         return -ENOMEM;
     uint32_t nlbufsiz = params->nlbufsiz;
-    if (nlbufsiz < NLBUFSIZ_MIN)
-        nlbufsiz = NLBUFSIZ_MIN;
-    if (nlbufsiz > NLBUFSIZ_MAX)
-        nlbufsiz = NLBUFSIZ_MAX;
+    if (nlbufsiz < NFC_NLBUFSIZ_MIN)
+        nlbufsiz = NFC_NLBUFSIZ_MIN;
+    if (nlbufsiz > NFC_NLBUFSIZ_MAX)
+        nlbufsiz = NFC_NLBUFSIZ_MAX;
     for (uint32_t i = 0; i < ngroups; i++) {
         c->g[i].fd = -1;
         c->g[i].group = groups[i];
@@ -476,16 +484,25 @@ int nfc_open(struct nfc_capture **out, const uint16_t *groups, uint32_t ngroups,
         c->g[i].st.nlbufsiz = nlbufsiz;
     }
     c->ngroups = ngroups;
-    c->ring = ring;
+    c->fork_gen = nfc_fork_generation;
+    /* The ring is the consumer's memfd, mapped writable only here: Python maps it
+     * read-only, so no view it hands out can change what the core reads back. */
+    c->ring = mmap(NULL, ring_size, PROT_READ | PROT_WRITE, MAP_SHARED, ring_fd, 0);
     c->cap = ring_size;
     c->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     /* The kernel sizes a batch skb from nlbufsiz but slab rounding can nearly double it,
      * and one message can carry a 65531-byte payload on its own. */
-    c->rbuf_size = 4 * (size_t)nlbufsiz + 128 * 1024;
+    c->rbuf_size = NFC_RECV_BUFFER(nlbufsiz);
     c->rbuf = malloc(c->rbuf_size);
     pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->flushed_cv, NULL);
     *out = c;
+    if (c->ring == MAP_FAILED) {
+        c->ring = NULL;
+        *failed_op = "map the ring";
+        return -errno;
+    }
     if (c->event_fd < 0 || c->stop_fd < 0 || !c->rbuf) {
         *failed_op = "allocate";
         return c->rbuf ? -EMFILE : -ENOMEM;
@@ -511,6 +528,8 @@ int nfc_open(struct nfc_capture **out, const uint16_t *groups, uint32_t ngroups,
 
 int nfc_start(struct nfc_capture *c)
 {
+    if (FOREIGN(c))
+        return -ECHILD;
     if (c->thread_running)
         return -EALREADY;
     /* The reader must never take a signal meant for the Python main thread. */
@@ -525,16 +544,66 @@ int nfc_start(struct nfc_capture *c)
     return 0;
 }
 
-int nfc_stop(struct nfc_capture *c)
+int nfc_flush(struct nfc_capture *c)
+{
+    if (FOREIGN(c))
+        return -ECHILD;
+    /* Unbinding makes the kernel flush the group's queued batch to our socket at once
+     * (before its ACK), so the tail of a capture needs no flush-timeout wait. */
+    for (uint32_t i = 0; i < c->ngroups; i++) {
+        char buf[256];
+        memset(buf, 0, sizeof(buf));
+        struct nlmsghdr *nlh =
+            nflog_nlmsg_put_header(buf, NFULNL_MSG_CONFIG, AF_UNSPEC, c->g[i].group);
+        nlh->nlmsg_flags |= NLM_F_ACK;
+        nlh->nlmsg_seq = UNBIND_SEQ;
+        nflog_attr_put_cfg_cmd(nlh, NFULNL_CFG_CMD_UNBIND);
+        struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+        if (sendto(c->g[i].fd, nlh, nlh->nlmsg_len, 0, (struct sockaddr *)&kernel,
+                   sizeof(kernel)) < 0)
+            return -errno;
+    }
+    return 0;
+}
+
+int nfc_wait_flushed(struct nfc_capture *c, int timeout_ms)
+{
+    if (FOREIGN(c))
+        return -ECHILD;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&c->mu);
+    while (c->unbound_groups < c->ngroups && c->thread_running && !c->stopping)
+        if (pthread_cond_timedwait(&c->flushed_cv, &c->mu, &until) == ETIMEDOUT)
+            break;
+    int done = c->unbound_groups == c->ngroups;
+    pthread_mutex_unlock(&c->mu);
+    return done;
+}
+
+static void stop_reader(struct nfc_capture *c)
 {
     if (!c->thread_running)
-        return 0;
+        return;
     c->stopping = 1;
     uint64_t one = 1;
     ssize_t r = write(c->stop_fd, &one, sizeof(one));
     (void)r;
     pthread_join(c->thread, NULL);
     c->thread_running = 0;
+}
+
+int nfc_stop(struct nfc_capture *c)
+{
+    if (FOREIGN(c))
+        return -ECHILD;
+    stop_reader(c);
     return 0;
 }
 
@@ -542,8 +611,12 @@ void nfc_close(struct nfc_capture *c)
 {
     if (!c)
         return;
-    nfc_stop(c);
-    /* Closing the socket makes the kernel destroy our group instances. */
+    /* In a forked child the reader thread does not exist and the stop eventfd is shared
+     * with the parent: only let go of this process's copies. */
+    if (!FOREIGN(c))
+        stop_reader(c);
+    /* Closing the socket makes the kernel destroy our group instances (in the parent;
+     * a child's copies of the descriptors keep nothing alive once closed). */
     for (uint32_t i = 0; i < c->ngroups; i++)
         if (c->g[i].fd >= 0)
             close(c->g[i].fd);
@@ -551,6 +624,9 @@ void nfc_close(struct nfc_capture *c)
         close(c->event_fd);
     if (c->stop_fd >= 0)
         close(c->stop_fd);
+    if (c->ring)
+        munmap(c->ring, c->cap);
+    pthread_cond_destroy(&c->flushed_cv);
     pthread_mutex_destroy(&c->mu);
     free(c->rbuf);
     free(c);
@@ -560,6 +636,8 @@ void nfc_close(struct nfc_capture *c)
 
 int nfc_wait(struct nfc_capture *c, int timeout_ms)
 {
+    if (FOREIGN(c))
+        return -ECHILD;
     pthread_mutex_lock(&c->mu);
     uint64_t pending = c->pending;
     pthread_mutex_unlock(&c->mu);
@@ -575,16 +653,43 @@ int nfc_wait(struct nfc_capture *c, int timeout_ms)
     return 0;
 }
 
+/* Count the records of [off, end) per group into the out_* fields, at most max_packets
+ * and max_bytes (at least one record). Returns the offset after the last one taken. */
+static uint64_t take_records(struct nfc_capture *c, uint64_t off, uint64_t end,
+                             uint32_t max_packets, uint64_t max_bytes)
+{
+    uint64_t start = off;
+    uint32_t n = 0;
+    while (off + REC_HDR <= end && n < max_packets) {
+        uint32_t caplen;
+        memcpy(&caplen, c->ring + off + 8, sizeof(caplen));
+        uint64_t reclen = REC_HDR + caplen;
+        if (reclen > end - off || (n > 0 && off - start + reclen > max_bytes))
+            break;
+        int gi = caplen >= 4 ? group_index(c, (const unsigned char *)c->ring + off + REC_HDR)
+                             : -1;
+        gi = gi < 0 ? 0 : gi;
+        c->out_packets[gi]++;
+        c->out_group_bytes[gi] += reclen;
+        off += reclen;
+        n++;
+    }
+    c->out_count = n;
+    return off;
+}
+
 int nfc_peek(struct nfc_capture *c, uint32_t max_packets, uint64_t max_bytes,
              struct nfc_batch *b)
 {
-    b->data = NULL;
+    b->offset = 0;
     b->nbytes = 0;
     b->count = 0;
+    if (FOREIGN(c))
+        return -ECHILD;
     pthread_mutex_lock(&c->mu);
     if (c->out_count) {
         pthread_mutex_unlock(&c->mu);
-        return -EBUSY;
+        return -EALREADY; /* one batch at a time: the caller must release it first */
     }
     if (c->pending == 0) {
         pthread_mutex_unlock(&c->mu);
@@ -596,33 +701,27 @@ int nfc_peek(struct nfc_capture *c, uint32_t max_packets, uint64_t max_bytes,
     }
     uint64_t end = c->wrapped ? c->wrap_end : c->wr;
     uint64_t avail = c->wrapped ? c->top_pending : c->pending;
-    uint64_t off = c->hand;
-    uint32_t n = 0;
-    if (avail <= max_packets && end - off <= max_bytes) {
-        n = (uint32_t)avail; /* the whole run fits: no need to walk it */
-        off = end;
+    uint64_t off;
+    memset(c->out_packets, 0, sizeof(c->out_packets[0]) * c->ngroups);
+    memset(c->out_group_bytes, 0, sizeof(c->out_group_bytes[0]) * c->ngroups);
+    if (c->ngroups == 1 && avail <= max_packets && end - c->hand <= max_bytes) {
+        off = end; /* the whole run fits and has one group: no need to walk it */
+        c->out_count = (uint32_t)avail;
+        c->out_packets[0] = (uint32_t)avail;
+        c->out_group_bytes[0] = end - c->hand;
+    } else {
+        off = take_records(c, c->hand, end, max_packets, max_bytes);
     }
-    while (off < end && n < max_packets) {
-        uint32_t caplen;
-        memcpy(&caplen, c->ring + off + 8, sizeof(caplen));
-        uint64_t reclen = REC_HDR + caplen;
-        if (n > 0 && off - c->hand + reclen > max_bytes)
-            break;
-        off += reclen;
-        n++;
-    }
-    b->data = c->ring + c->hand;
+    uint32_t n = c->out_count;
+    b->offset = c->hand;
     b->nbytes = off - c->hand;
     b->count = n;
-    c->out_count = n;
     c->out_bytes = b->nbytes;
     c->hand = off;
     c->pending -= n;
     c->pending_bytes -= b->nbytes;
-    if (c->wrapped) {
+    if (c->wrapped)
         c->top_pending -= n;
-        c->top_pending_bytes -= b->nbytes;
-    }
     if (c->pending == 0) {
         uint64_t v;
         ssize_t r = read(c->event_fd, &v, sizeof(v));
@@ -634,26 +733,16 @@ int nfc_peek(struct nfc_capture *c, uint32_t max_packets, uint64_t max_bytes,
 
 int nfc_release(struct nfc_capture *c)
 {
+    if (FOREIGN(c))
+        return -ECHILD;
     pthread_mutex_lock(&c->mu);
     if (!c->out_count) {
         pthread_mutex_unlock(&c->mu);
         return 0;
     }
-    /* Per-group delivery counts: the group is in each record's nfgenmsg. */
-    uint64_t off = c->rd;
-    if (c->ngroups == 1) {
-        c->g[0].st.delivered_packets += c->out_count;
-        c->g[0].st.delivered_bytes += c->out_bytes;
-    }
-    for (uint32_t i = 0; c->ngroups > 1 && i < c->out_count; i++) {
-        uint32_t caplen;
-        memcpy(&caplen, c->ring + off + 8, sizeof(caplen));
-        struct nfc_group *g = group_of(c, (const unsigned char *)c->ring + off + REC_HDR);
-        if (!g)
-            g = &c->g[0];
-        g->st.delivered_packets++;
-        g->st.delivered_bytes += REC_HDR + caplen;
-        off += REC_HDR + caplen;
+    for (uint32_t i = 0; i < c->ngroups; i++) {
+        c->g[i].st.delivered_packets += c->out_packets[i];
+        c->g[i].st.delivered_bytes += c->out_group_bytes[i];
     }
     c->rd = c->hand;
     c->stored -= c->out_count;
@@ -737,6 +826,8 @@ int nfc_index_records(const char *buf, uint64_t nbytes, uint32_t count, struct n
 
 int nfc_pause(struct nfc_capture *c, int paused)
 {
+    if (FOREIGN(c))
+        return -ECHILD;
     c->paused = paused;
     return 0;
 }

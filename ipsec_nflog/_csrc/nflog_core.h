@@ -8,6 +8,11 @@
 #include <stdint.h>
 
 #define NFC_MAX_GROUPS 32
+#define NFC_NLBUFSIZ_MIN 4096
+#define NFC_NLBUFSIZ_MAX 131072 /* the kernel ignores larger values silently */
+/* recv buffer for one kernel batch: slab rounding can nearly double nlbufsiz, and one
+ * message can carry a 65531-byte payload on its own. The ring must hold at least this. */
+#define NFC_RECV_BUFFER(nlbufsiz) (4 * (size_t)(nlbufsiz) + 128 * 1024)
 
 struct nfc_params {
     uint32_t snaplen;      /* copy range, already clamped to the kernel's 65531 */
@@ -43,7 +48,7 @@ struct nfc_group_stats {
 };
 
 struct nfc_batch {
-    const char *data;   /* first record */
+    uint64_t offset;    /* of the first record from the start of the ring */
     uint64_t nbytes;    /* bytes of whole records */
     uint32_t count;     /* records */
 };
@@ -51,12 +56,17 @@ struct nfc_batch {
 struct nfc_capture;
 
 const char *nfc_version(void);
+/* NFC_RECV_BUFFER for Python (config.py computes the same; a test checks they agree). */
+uint64_t nfc_recv_buffer_size(uint32_t nlbufsiz);
 
-/* Open one nflog handle per group, bind and configure it. netns_fd >= 0 opens the sockets
- * inside that network namespace (from a helper thread; the caller's namespace is left
- * alone). On failure *failed_group names the group and *failed_op the operation. */
+/* Open one socket per group, bind and configure it. The ring is ring_size bytes of the
+ * memfd ring_fd, which the core maps writable for itself (the consumer maps it read-only;
+ * the fd may be closed after this returns). netns_fd >= 0 opens the sockets inside that
+ * network namespace (from a helper thread; the caller's namespace is left alone). On
+ * failure *failed_group names the group and *failed_op the operation. After a fork, every
+ * call but nfc_close returns -ECHILD in the child: the capture belongs to the parent. */
 int nfc_open(struct nfc_capture **out, const uint16_t *groups, uint32_t ngroups,
-             const struct nfc_params *params, char *ring, uint64_t ring_size, int netns_fd,
+             const struct nfc_params *params, int ring_fd, uint64_t ring_size, int netns_fd,
              int32_t *failed_group, const char **failed_op);
 /* Start the reader thread that drains the sockets into the ring. */
 int nfc_start(struct nfc_capture *c);
@@ -64,7 +74,7 @@ int nfc_start(struct nfc_capture *c);
  * pending, 0 on timeout or stop, -EINTR when a signal arrived. */
 int nfc_wait(struct nfc_capture *c, int timeout_ms);
 /* Hand out the oldest pending records (at most max_packets/max_bytes, at least one record
- * when any is pending). Only one batch may be out at a time: -EBUSY otherwise. */
+ * when any is pending). Only one batch may be out at a time: -EALREADY otherwise. */
 int nfc_peek(struct nfc_capture *c, uint32_t max_packets, uint64_t max_bytes,
              struct nfc_batch *batch);
 /* Return the batch's space to the ring and count it as delivered. */
@@ -77,6 +87,11 @@ int nfc_stats(struct nfc_capture *c, struct nfc_group_stats *out, uint32_t n);
 int nfc_event_fd(struct nfc_capture *c);
 /* Stall (1) or resume (0) the reader thread, so tests can make the kernel side overrun. */
 int nfc_pause(struct nfc_capture *c, int paused);
+/* Unbind every group: the kernel flushes what it has queued to our sockets at once and
+ * acknowledges; no packet is captured after that. */
+int nfc_flush(struct nfc_capture *c);
+/* Wait up to timeout_ms for the reader to have read every group's flush (1: done). */
+int nfc_wait_flushed(struct nfc_capture *c, int timeout_ms);
 /* Stop the reader thread (the ring keeps its records). */
 int nfc_stop(struct nfc_capture *c);
 /* Stop, close the sockets (the kernel drops the group bindings) and free. */
@@ -98,9 +113,5 @@ struct nfc_index {
 };
 /* Index count records from buf (host-order pcap records); returns how many it indexed. */
 int nfc_index_records(const char *buf, uint64_t nbytes, uint32_t count, struct nfc_index *out);
-
-/* Pure helper used by the reader and exposed for tests: build a pcap record header for
- * one NFLOG message body. Returns the orig_len it computed. */
-uint32_t nfc_orig_len(const unsigned char *body, uint32_t len);
 
 #endif
