@@ -19,6 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("ipsec_nflog", "_csrc")
 
 HEADER = os.path.join(CSRC, "nflog_core.h")
+SOURCES = ("socket.c", "reader.c", "ring.c", "record.c")
 
 
 def cdef_from_header(path: str = os.path.join(HERE, HEADER)) -> str:
@@ -67,7 +68,7 @@ def make_ffi() -> FFI:
     ffi.set_source(
         "ipsec_nflog._nflog_cffi",
         '#include "nflog_core.h"',
-        sources=[os.path.join(CSRC, "nflog_core.c")],
+        sources=[os.path.join(CSRC, f) for f in SOURCES],
         include_dirs=[CSRC],
         define_macros=[("IPSEC_NFLOG_VERSION", f'"{_version()}"')],
         extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter",

@@ -1,0 +1,118 @@
+/* ipsec_nflog C core, internal: the capture's state and the helpers the core's files share.
+ * Not part of the contract (that is nflog_core.h, which is also the cdef). */
+#ifndef IPSEC_NFLOG_CORE_INTERNAL_H
+#define IPSEC_NFLOG_CORE_INTERNAL_H
+
+#include "nflog_core.h"
+
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_log.h>
+#include <linux/netlink.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+#define REC_HDR 16u
+#define NFLOG_MSG_PACKET ((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET)
+#define BIND_SEQ 1u   /* nlmsg_seq of the bind/configure request */
+#define UNBIND_SEQ 2u /* ... and of the unbind (flush) request */
+
+struct nfc_group {
+    int fd;
+    uint16_t group;
+    uint32_t next_seq; /* the kernel numbers a new instance's packets from 0 */
+    int unbound;       /* the kernel acknowledged our UNBIND: its queue has been flushed */
+    struct nfc_group_stats st;
+};
+
+struct nfc_capture {
+    struct nfc_group g[NFC_MAX_GROUPS];
+    uint32_t ngroups;
+    char *rbuf; /* recv buffer: a whole kernel batch plus headroom */
+    size_t rbuf_size;
+
+    pthread_mutex_t mu;
+    /* ring, guarded by mu: stored data is [rd, wrap_end) + [0, wr) when wrapped, else
+     * [rd, wr). [rd, hand) is the batch handed out, [hand, ...) is pending. */
+    char *ring;
+    uint64_t cap, rd, hand, wr, wrap_end;
+    int wrapped;
+    uint64_t stored, pending, pending_bytes;
+    uint64_t top_pending; /* pending records in [hand, wrap_end) */
+    /* The batch handed out, counted per group when it was handed out: release never reads
+     * the ring back, so nothing a consumer does to its view can steer the core. */
+    uint32_t out_count;
+    uint64_t out_bytes;
+    uint32_t out_packets[NFC_MAX_GROUPS];
+    uint64_t out_group_bytes[NFC_MAX_GROUPS];
+    pthread_cond_t flushed_cv; /* signalled when every group's UNBIND is acknowledged */
+    uint32_t unbound_groups;
+    unsigned fork_gen; /* nfc_fork_generation at open: a forked child must not touch us */
+
+    int event_fd; /* readable while pending > 0 */
+    int stop_fd;  /* tells the reader thread (and waiters) to stop */
+    pthread_t thread;
+    int thread_running;
+    volatile int stopping;
+    volatile int paused; /* tests: stall the reader so the kernel side overruns */
+};
+
+/* A forked child inherits the sockets, the stop eventfd and the ring mapping; if it used
+ * them it would stop or corrupt the parent's capture. Every entry point checks this. */
+extern volatile unsigned nfc_fork_generation;
+#define FOREIGN(c) ((c)->fork_gen != nfc_fork_generation)
+
+static inline uint32_t be32_at(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline uint64_t be64_at(const unsigned char *p)
+{
+    return ((uint64_t)be32_at(p) << 32) | be32_at(p + 4);
+}
+
+/* The one TLV walk over an NFLOG message body: the attribute at off, or NULL at the end or
+ * at a bad length. Loop: for (off = NFC_ATTR_START; (a = nfc_attr_at(..)); off += NLA_ALIGN(a->nla_len)).
+ * After the loop off < len means a malformed TLV or trailing bytes. Inline rather than
+ * libmnl's mnl_attr_for_each: a library call per attribute costs ~80 ns a record against
+ * ~12 ns on the reader's hot path (benchmarks/tlv_walk.c). */
+#define NFC_ATTR_START ((uint32_t)sizeof(struct nfgenmsg))
+static inline const struct nlattr *nfc_attr_at(const unsigned char *body, uint32_t len,
+                                               uint32_t off)
+{
+    if ((uint64_t)off + NLA_HDRLEN > len)
+        return NULL;
+    const struct nlattr *a = (const struct nlattr *)(body + off);
+    if (a->nla_len < NLA_HDRLEN || (uint64_t)off + a->nla_len > len)
+        return NULL;
+    return a;
+}
+
+/* Index of the group a message belongs to (nfgenmsg res_id); -1 when it is none of ours. */
+static inline int group_index(const struct nfc_capture *c, const unsigned char *body)
+{
+    uint16_t gnum = (uint16_t)((body[2] << 8) | body[3]);
+    for (uint32_t i = 0; i < c->ngroups; i++)
+        if (c->g[i].group == gnum)
+            return (int)i;
+    return -1;
+}
+
+/* record.c: store one packet message as a ring record (ring mutex held). */
+void nfc_store_packet(struct nfc_capture *c, struct nfc_group *g, const unsigned char *body,
+                      uint32_t len, const struct timespec *now);
+/* ring.c: reserve len bytes for one record, NULL when full (ring mutex held). */
+char *nfc_ring_reserve(struct nfc_capture *c, uint64_t len);
+/* ring.c: wake the consumer when the ring went from empty to non-empty (mutex held). */
+void nfc_signal_pending(struct nfc_capture *c, uint64_t before);
+
+/* reader.c: one datagram from a group socket (bytes, 0 when none waits, or -errno), and
+ * storing its packets in the ring; used by the configuration step too. */
+ssize_t nfc_recv_datagram(struct nfc_capture *c, struct nfc_group *g, int flags);
+void nfc_ingest(struct nfc_capture *c, struct nfc_group *g, ssize_t n);
+/* reader.c: stop and join the reader thread, if it runs. */
+void nfc_stop_reader(struct nfc_capture *c);
+
+#endif

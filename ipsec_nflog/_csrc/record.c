@@ -1,0 +1,123 @@
+/* ipsec_nflog C core: the record format. Storing a kernel packet message as a ring record
+ * (the hot path: one TLV pass for seq, timestamp and payload) and indexing records for the
+ * Python per-packet path, both over the one TLV walk in core.h. */
+#define _GNU_SOURCE
+#include "core.h"
+
+#include <string.h>
+
+/* The attributes the reader needs, found in one pass over the TLVs. */
+struct hot_attrs {
+    const struct nlattr *seq, *ts, *payload;
+};
+
+static void scan_hot_attrs(const unsigned char *body, uint32_t len, struct hot_attrs *h)
+{
+    h->seq = h->ts = h->payload = NULL;
+    const struct nlattr *a;
+    for (uint32_t off = NFC_ATTR_START; (a = nfc_attr_at(body, len, off));
+         off += NLA_ALIGN(a->nla_len)) {
+        switch (a->nla_type & NLA_TYPE_MASK) {
+        case NFULA_SEQ: h->seq = a; break;
+        case NFULA_TIMESTAMP: h->ts = a; break;
+        case NFULA_PAYLOAD: h->payload = a; break;
+        }
+    }
+}
+
+static uint32_t orig_len_of(const struct nlattr *a, uint32_t len)
+{
+    if (!a)
+        return len;
+    const unsigned char *ip = (const unsigned char *)a + NLA_HDRLEN;
+    uint32_t n = a->nla_len - NLA_HDRLEN, total;
+    if (n >= 20 && ip[0] >> 4 == 4)
+        total = ((uint32_t)ip[2] << 8) | ip[3];
+    else if (n >= 40 && ip[0] >> 4 == 6)
+        total = 40 + (((uint32_t)ip[4] << 8) | ip[5]);
+    else
+        return len;
+    return total > n ? len + (total - n) : len;
+}
+
+/* Store one packet message as a pcap record. Called with mu held. */
+void nfc_store_packet(struct nfc_capture *c, struct nfc_group *g, const unsigned char *body,
+                      uint32_t len, const struct timespec *now)
+{
+    uint64_t reclen = REC_HDR + (uint64_t)len;
+    struct hot_attrs h;
+    scan_hot_attrs(body, len, &h);
+    const struct nlattr *seq = h.seq, *ts = h.ts;
+    if (seq && seq->nla_len >= NLA_HDRLEN + 4) {
+        uint32_t s = be32_at((const unsigned char *)seq + NLA_HDRLEN);
+        uint32_t gap = s - g->next_seq;
+        if (gap != 0 && gap < 0x80000000u) {
+            g->st.seq_gap_packets += gap;
+            g->st.seq_gap_events++;
+        }
+        g->next_seq = s + 1;
+    }
+    g->st.received_packets++;
+    g->st.received_bytes += reclen;
+
+    char *dst = nfc_ring_reserve(c, reclen);
+    if (!dst) {
+        g->st.ring_drop_packets++;
+        g->st.ring_drop_bytes += reclen;
+        return;
+    }
+    uint32_t hdr[4];
+    if (ts && ts->nla_len >= NLA_HDRLEN + 16) {
+        const unsigned char *v = (const unsigned char *)ts + NLA_HDRLEN;
+        hdr[0] = (uint32_t)be64_at(v);
+        hdr[1] = (uint32_t)be64_at(v + 8);
+    } else {
+        hdr[0] = (uint32_t)now->tv_sec;
+        hdr[1] = (uint32_t)(now->tv_nsec / 1000);
+        g->st.timestamps_synthesized++;
+    }
+    hdr[2] = len;
+    hdr[3] = orig_len_of(h.payload, len);
+    memcpy(dst, hdr, REC_HDR);
+    memcpy(dst + REC_HDR, body, len);
+    c->wr += reclen;
+    c->stored++;
+    c->pending++;
+    c->pending_bytes += reclen;
+}
+
+int nfc_index_records(const char *buf, uint64_t nbytes, uint32_t count, struct nfc_index *out)
+{
+    uint64_t off = 0;
+    uint32_t i;
+    for (i = 0; i < count && off + REC_HDR <= nbytes; i++) {
+        struct nfc_index *x = &out[i];
+        uint32_t hdr[4];
+        memcpy(hdr, buf + off, REC_HDR);
+        if (off + REC_HDR + hdr[2] > nbytes)
+            break;
+        memset(x->attr, 0, sizeof(x->attr));
+        x->body_off = (uint32_t)(off + REC_HDR);
+        x->ts_sec = hdr[0];
+        x->ts_usec = hdr[1];
+        x->caplen = hdr[2];
+        x->orig_len = hdr[3];
+        const unsigned char *body = (const unsigned char *)buf + off + REC_HDR;
+        uint32_t len = hdr[2], a_off;
+        const struct nlattr *a;
+        for (a_off = NFC_ATTR_START; (a = nfc_attr_at(body, len, a_off));
+             a_off += NLA_ALIGN(a->nla_len)) {
+            if (a_off + NLA_HDRLEN > 0xffff) /* the index holds 16-bit offsets */
+                break;
+            uint16_t type = a->nla_type & NLA_TYPE_MASK;
+            if (type > 0 && type < NFC_IDX_SLOTS)
+                x->attr[type] = (uint16_t)(a_off + NLA_HDRLEN);
+            else
+                x->attr[0] |= NFC_IDX_UNKNOWN;
+        }
+        if (a_off < len) /* a bad TLV, trailing bytes or an offset past 65535 */
+            x->attr[0] |= NFC_IDX_MALFORMED;
+        off += REC_HDR + hdr[2];
+    }
+    return (int)i;
+}
