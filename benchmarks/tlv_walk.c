@@ -34,7 +34,7 @@ static const struct nlattr *walk_inline(const unsigned char *body, unsigned len,
 static const struct nlattr *walk_libmnl(const unsigned char *body, unsigned len, int want)
 {
     const struct nlattr *attr, *hit = NULL;
-    mnl_attr_for_each_payload(body + 4, len - 4) {
+    mnl_attr_for_each_payload((const void *)(body + 4), len - 4) {
         if (mnl_attr_get_type(attr) == want)
             hit = attr;
     }
