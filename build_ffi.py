@@ -19,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("ipsec_nflog", "_csrc")
 
 HEADER = os.path.join(CSRC, "nflog_core.h")
-SOURCES = ("socket.c", "reader.c", "ring.c", "record.c")
+SOURCES = ("socket.c", "reader.c", "ring.c", "record.c", "filter.c")
 
 
 def cdef_from_header(path: str = os.path.join(HERE, HEADER)) -> str:
@@ -38,7 +38,7 @@ def cdef_from_header(path: str = os.path.join(HERE, HEADER)) -> str:
 
 MISSING = (
     "ipsec_nflog: the libnetfilter_log development files are missing; "
-    "install them with: apt-get install libnetfilter-log-dev libmnl-dev pkg-config"
+    "install them with: apt-get install libnetfilter-log-dev libmnl-dev libpcap-dev pkg-config"
 )
 
 
@@ -53,7 +53,7 @@ def _pkgconfig(*args: str) -> list[str]:
     if shutil.which("pkg-config") is None:
         sys.exit(MISSING)
     r = subprocess.run(
-        ["pkg-config", *args, "libnetfilter_log", "libmnl"], capture_output=True, text=True
+        ["pkg-config", *args, "libnetfilter_log", "libmnl", "libpcap"], capture_output=True, text=True
     )
     if r.returncode != 0:
         sys.exit(MISSING)

@@ -13,10 +13,12 @@ try:
     from . import _nflog_cffi
 except ImportError as exc:  # pragma: no cover - depends on the build
     msg = str(exc)
-    if "libnetfilter_log" in msg or "libmnl" in msg:
-        hint = "install the system library: apt-get install libnetfilter-log1 libmnl0"
+    if "libnetfilter_log" in msg or "libmnl" in msg or "libpcap" in msg:
+        hint = ("install the system libraries: apt-get install libnetfilter-log1 libmnl0 "
+                "libpcap0.8")
     else:
-        hint = "build it: pip install . (needs libnetfilter-log-dev libmnl-dev pkg-config gcc)"
+        hint = ("build it: pip install . (needs libnetfilter-log-dev libmnl-dev libpcap-dev "
+                "pkg-config gcc)")
     raise LibraryMissingError(
         f"ipsec_nflog's compiled core is not available ({msg}); {hint}"
     ) from exc

@@ -32,6 +32,7 @@ class GroupStats:
     truncated_datagrams: int = 0
     netlink_errors: int = 0
     malformed: int = 0
+    filtered_packets: int = 0  # rejected by the filter or selector on purpose: not lost
     rcvbuf: int = 0
     nlbufsiz: int = 0
     portid: int = 0

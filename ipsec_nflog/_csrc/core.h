@@ -29,6 +29,9 @@ struct nfc_group {
 struct nfc_capture {
     struct nfc_group g[NFC_MAX_GROUPS];
     uint32_t ngroups;
+    const struct nfc_filter *filter; /* NULL: keep everything */
+    struct nfc_select select;
+    int select_active;               /* select has a field that is not "any" */
     char *rbuf; /* recv buffer: a whole kernel batch plus headroom */
     size_t rbuf_size;
 
@@ -99,6 +102,13 @@ static inline int group_index(const struct nfc_capture *c, const unsigned char *
             return (int)i;
     return -1;
 }
+
+/* The attributes the reader needs, found in one pass over the TLVs (record.c). */
+struct nfc_hot_attrs {
+    const struct nlattr *seq, *ts, *payload, *packet_hdr, *prefix, *indev, *outdev;
+};
+/* filter.c: does a packet's metadata match the selector? */
+int nfc_select_match(const struct nfc_select *s, const struct nfc_hot_attrs *h);
 
 /* record.c: store one packet message as a ring record (ring mutex held). */
 void nfc_store_packet(struct nfc_capture *c, struct nfc_group *g, const unsigned char *body,

@@ -14,6 +14,18 @@
  * message can carry a 65531-byte payload on its own. The ring must hold at least this. */
 #define NFC_RECV_BUFFER(nlbufsiz) (4 * (size_t)(nlbufsiz) + 128 * 1024)
 
+/* A compiled filter expression (filter.c); NULL in nfc_params means keep everything. */
+struct nfc_filter;
+
+/* NFLOG metadata that BPF cannot see; a field left at its "any" value matches everything. */
+struct nfc_select {
+    uint32_t hook_mask; /* bit h set: NF_INET_* hook h matches; 0: any */
+    uint32_t indev;     /* ifindex, 0: any */
+    uint32_t outdev;    /* ifindex, 0: any */
+    uint8_t has_prefix; /* 1: the NFLOG prefix must equal prefix */
+    char prefix[64];
+};
+
 struct nfc_params {
     uint32_t snaplen;      /* copy range, already clamped to the kernel's 65531 */
     uint32_t qthreshold;   /* packets queued in the kernel before a flush */
@@ -21,6 +33,9 @@ struct nfc_params {
     uint32_t nlbufsiz;     /* kernel batch skb size (clamped and reported back) */
     int32_t rcvbuf;        /* requested SO_RCVBUF(FORCE) in bytes, 0 = leave alone */
     uint16_t flags;        /* NFULNL_CFG_F_* */
+    const struct nfc_filter *filter; /* run on each packet's IP payload; must outlive the
+                                        capture */
+    struct nfc_select select;
 };
 
 struct nfc_group_stats {
@@ -45,6 +60,7 @@ struct nfc_group_stats {
     uint64_t timestamps_synthesized;
     uint64_t netlink_errors;     /* NLMSG_ERROR messages with an error code */
     uint64_t malformed;          /* messages too short to be NFLOG packets */
+    uint64_t filtered_packets;   /* rejected by the filter or the selector: not lost */
 };
 
 struct nfc_batch {
@@ -113,5 +129,18 @@ struct nfc_index {
 };
 /* Index count records from buf (host-order pcap records); returns how many it indexed. */
 int nfc_index_records(const char *buf, uint64_t nbytes, uint32_t count, struct nfc_index *out);
+
+/* Compile a tcpdump expression with libpcap for linktype (101: raw IP, what an NFLOG
+ * payload is). 0, or -EINVAL with libpcap's message in errbuf, or -ENOMEM. */
+int nfc_filter_compile(const char *expr, int linktype, uint32_t snaplen,
+                       struct nfc_filter **out, char *errbuf, uint32_t errbuf_len);
+/* BPF instructions in the program. */
+uint32_t nfc_filter_length(const struct nfc_filter *f);
+/* 0 when the program rejects every packet (libpcap reduced it to "ret #0"). */
+int nfc_filter_can_match(const struct nfc_filter *f);
+/* Run on one packet (libpcap's short-packet rules); nonzero: keep it. */
+uint32_t nfc_filter_run(const struct nfc_filter *f, const unsigned char *pkt, uint32_t wirelen,
+                        uint32_t caplen);
+void nfc_filter_free(struct nfc_filter *f);
 
 #endif

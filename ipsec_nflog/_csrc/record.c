@@ -6,14 +6,9 @@
 
 #include <string.h>
 
-/* The attributes the reader needs, found in one pass over the TLVs. */
-struct hot_attrs {
-    const struct nlattr *seq, *ts, *payload;
-};
-
-static void scan_hot_attrs(const unsigned char *body, uint32_t len, struct hot_attrs *h)
+static void scan_hot_attrs(const unsigned char *body, uint32_t len, struct nfc_hot_attrs *h)
 {
-    h->seq = h->ts = h->payload = NULL;
+    memset(h, 0, sizeof(*h));
     const struct nlattr *a;
     for (uint32_t off = NFC_ATTR_START; (a = nfc_attr_at(body, len, off));
          off += NLA_ALIGN(a->nla_len)) {
@@ -21,6 +16,10 @@ static void scan_hot_attrs(const unsigned char *body, uint32_t len, struct hot_a
         case NFULA_SEQ: h->seq = a; break;
         case NFULA_TIMESTAMP: h->ts = a; break;
         case NFULA_PAYLOAD: h->payload = a; break;
+        case NFULA_PACKET_HDR: h->packet_hdr = a; break;
+        case NFULA_PREFIX: h->prefix = a; break;
+        case NFULA_IFINDEX_INDEV: h->indev = a; break;
+        case NFULA_IFINDEX_OUTDEV: h->outdev = a; break;
         }
     }
 }
@@ -40,12 +39,23 @@ static uint32_t orig_len_of(const struct nlattr *a, uint32_t len)
     return total > n ? len + (total - n) : len;
 }
 
+/* Run the filter over the IP packet; a message without one is an empty packet. */
+static int keep_payload(const struct nfc_filter *f, const struct nlattr *payload)
+{
+    if (!payload)
+        return nfc_filter_run(f, (const unsigned char *)"", 0, 0) != 0;
+    const unsigned char *ip = (const unsigned char *)payload + NLA_HDRLEN;
+    uint32_t n = payload->nla_len - NLA_HDRLEN;
+    uint32_t wire = orig_len_of(payload, n); /* the IP length when the snaplen cut it */
+    return nfc_filter_run(f, ip, wire, n) != 0;
+}
+
 /* Store one packet message as a pcap record. Called with mu held. */
 void nfc_store_packet(struct nfc_capture *c, struct nfc_group *g, const unsigned char *body,
                       uint32_t len, const struct timespec *now)
 {
     uint64_t reclen = REC_HDR + (uint64_t)len;
-    struct hot_attrs h;
+    struct nfc_hot_attrs h;
     scan_hot_attrs(body, len, &h);
     const struct nlattr *seq = h.seq, *ts = h.ts;
     if (seq && seq->nla_len >= NLA_HDRLEN + 4) {
@@ -59,6 +69,11 @@ void nfc_store_packet(struct nfc_capture *c, struct nfc_group *g, const unsigned
     }
     g->st.received_packets++;
     g->st.received_bytes += reclen;
+    if ((c->select_active && !nfc_select_match(&c->select, &h)) ||
+        (c->filter && !keep_payload(c->filter, h.payload))) {
+        g->st.filtered_packets++;
+        return;
+    }
 
     char *dst = nfc_ring_reserve(c, reclen);
     if (!dst) {

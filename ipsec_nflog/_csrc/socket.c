@@ -187,6 +187,10 @@ int nfc_open(struct nfc_capture **out, const uint16_t *groups, uint32_t ngroups,
     }
     c->ngroups = ngroups;
     c->fork_gen = nfc_fork_generation;
+    c->filter = params->filter;
+    c->select = params->select;
+    c->select_active = c->select.hook_mask || c->select.indev || c->select.outdev ||
+                       c->select.has_prefix;
     /* The ring is the consumer's memfd, mapped writable only here: Python maps it
      * read-only, so no view it hands out can change what the core reads back. */
     c->ring = mmap(NULL, ring_size, PROT_READ | PROT_WRITE, MAP_SHARED, ring_fd, 0);
