@@ -52,9 +52,8 @@ def _version() -> str:
 def _pkgconfig(*args: str) -> list[str]:
     if shutil.which("pkg-config") is None:
         sys.exit(MISSING)
-    r = subprocess.run(
-        ["pkg-config", *args, "libnetfilter_log", "libmnl", "libpcap"], capture_output=True, text=True
-    )
+    r = subprocess.run(["pkg-config", *args, "libnetfilter_log", "libmnl", "libpcap"],
+                       capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(MISSING)
     return r.stdout.split()

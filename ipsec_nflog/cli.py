@@ -7,16 +7,19 @@ traceback unless ``--debug``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pwd
 import re
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
 from ._version import __version__
+from .signals import STOP_SIGNALS, StopSignals, die_with_parent, held, stop_signals
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DROPS = 0, 1, 2, 3
 FILE_RING_SIZE = 256 * 1024 * 1024  # capture -w: rides out writeback stalls
@@ -28,7 +31,9 @@ class CliError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"ipsec-nflog: error: {message} (see --help)\n")
+        from .summary import printable  # the message quotes argv
+
+        self.exit(EXIT_USAGE, f"ipsec-nflog: error: {printable(message)} (see --help)\n")
 
 
 # ---------------------------------------------------------------------------- helpers --
@@ -53,14 +58,32 @@ def _size_arg(text: str) -> int:
     return int(m.group(1)) * mult
 
 
-def _positive_float(text: str) -> float:
+def _seconds(text: str, *, zero_ok: bool) -> float:
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(v) or v < 0 or (v == 0 and not zero_ok):
+        need = "a finite number >= 0" if zero_ok else "a finite number > 0"
+        raise argparse.ArgumentTypeError(f"must be {need} of seconds, not {text!r}")
     return v
+
+
+def _positive_float(text: str) -> float:
+    """Seconds > 0 (``--duration``): 0, negative, nan and inf are refused."""
+    return _seconds(text, zero_ok=False)
+
+
+def _non_negative_float(text: str) -> float:
+    """Seconds >= 0 (``--flush-timeout``: 0 is the kernel's "flush at once")."""
+    return _seconds(text, zero_ok=True)
+
+
+def _path_arg(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("the file name is empty ('-' is standard input or "
+                                         "output)")
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -99,40 +122,21 @@ class StatusLine:
             self.stream.flush()
 
 
-class StopFlag:
-    """SIGINT/SIGTERM end a capture cleanly: the loop sees the flag, drains and closes."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopFlag:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-
-    def __bool__(self) -> bool:
-        return self.signum is not None
-
-    def __exit__(self, *exc: object) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def drop_privileges(user: str) -> None:
-    """setgroups/setgid/setuid to ``user``; from root this also clears every capability."""
+def lookup_user(user: str) -> pwd.struct_passwd:
+    """-Z USER's passwd entry, or one clear line (checked before anything is created)."""
     try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
+        return pwd.getpwnam(user)
+    except (KeyError, ValueError):  # ValueError: an embedded NUL
         raise CliError(f"-Z: no such user {user!r}") from None
+
+
+def drop_privileges(pw: pwd.struct_passwd) -> None:
+    """setgroups/setgid/setuid to ``pw``; from root this also clears every capability."""
     os.setgroups([])
     os.setgid(pw.pw_gid)
     os.setuid(pw.pw_uid)
     if os.getuid() != pw.pw_uid or os.geteuid() != pw.pw_uid:
-        raise CliError(f"-Z: could not become {user!r}")
+        raise CliError(f"-Z: could not become {pw.pw_name!r}")
 
 
 # ---------------------------------------------------------------------------- capture --
@@ -154,7 +158,35 @@ def _rules_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
+    # First of all: from here on SIGINT, SIGTERM and SIGHUP only ask for a stop, whatever
+    # the inherited dispositions, so one may land anywhere below and leave nothing behind.
+    with stop_signals() as stop:
+        return _capture(args, stop)
+
+
+def _capture(args: argparse.Namespace, stop: StopSignals) -> int:
     from .capture import Capture
+
+    config = _capture_config(args)
+    user = lookup_user(args.user) if args.user else None
+    if args.write and args.write != "-":
+        _check_output_path(args)
+    if stop:
+        return _stopped_early(args, stop)
+    if args.rules and user is not None:
+        return _capture_with_privileged_parent(args, config, stop, user)
+    handle = _install_rules(args, config.groups[0]) if args.rules else None
+    try:
+        if stop:  # it came while the rules went in
+            return _stopped_early(args, stop)
+        with Capture(config=config) as cap:
+            return _capture_loop(args, cap, stop, user)
+    finally:
+        if handle is not None:
+            _remove_rules(args, handle)
+
+
+def _capture_config(args: argparse.Namespace) -> Any:
     from .config import CaptureConfig
 
     groups = [g for gs in (args.group or []) for g in gs]
@@ -172,26 +204,47 @@ def cmd_capture(args: argparse.Namespace) -> int:
         # touched only when a burst needs them.
         opts["ring_size"] = FILE_RING_SIZE
     try:
-        config = (CaptureConfig.low_latency(groups, **opts) if args.low_latency
-                  else CaptureConfig(groups=tuple(groups), **opts))
+        return (CaptureConfig.low_latency(groups, **opts) if args.low_latency
+                else CaptureConfig(groups=tuple(groups), **opts))
     except ValueError as e:
         raise CliError(str(e)) from None
-    if args.rules and args.user:
-        return _capture_with_privileged_parent(args, config)
-    rules_cm = _install_rules(args, groups[0]) if args.rules else None
+
+
+def _check_output_path(args: argparse.Namespace) -> None:
+    """One clear line for a -w path that cannot work, before any rule or socket exists.
+    (The writer checks again as it creates the file; this only says it early.)"""
+    path = args.write
+    rotating = bool(args.file_size or args.rotate_seconds)  # the first name may differ
     try:
-        with Capture(config=config) as cap:
-            return _capture_loop(args, cap)
-    finally:
-        if rules_cm is not None:
-            rules_cm.remove()
-            if not args.quiet:
-                print(f"removed {args.rules} rules", file=sys.stderr)
+        st = os.lstat(path)
+    except FileNotFoundError:
+        parent = os.path.dirname(path) or "."
+        if not (args.rotate_seconds and "%" in parent) and not os.path.isdir(parent):
+            raise CliError(f"cannot write {path}: No such directory {parent}") from None
+        return
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror}") from None
+    if rotating:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise CliError(f"{path} is a symbolic link; not following it (remove it, or name "
+                       f"the file it points to)")
+    if not args.overwrite:
+        raise CliError(f"{path} already exists (--overwrite replaces it)")
+
+
+def _stopped_early(args: argparse.Namespace, stop: StopSignals) -> int:
+    if not args.quiet:
+        print(f"ipsec-nflog: stopped by {stop.name} before the capture started",
+              file=sys.stderr)
+    return EXIT_OK
 
 
 def _install_rules(args: argparse.Namespace, group: int) -> Any:
     from . import rules
 
+    # With a StopSignals active, lifecycle installs no signal handler of its own and holds
+    # the signals until the rules are registered: a signal then only sets our stop flag.
     handle = rules.install(args.rules, group=group, netns=args.netns, **_rules_kwargs(args))
     if not args.quiet:
         print(f"installed {args.rules} rules for group {group} ({handle.backend})",
@@ -199,45 +252,92 @@ def _install_rules(args: argparse.Namespace, group: int) -> Any:
     return handle
 
 
-def _capture_with_privileged_parent(args: argparse.Namespace, config: Any) -> int:
-    """-Z with --rules: a small root parent installs the rules, forks the capture (which
-    drops privileges), and removes the rules when the child ends, however it ends."""
-    from .capture import Capture
+def _remove_rules(args: argparse.Namespace, handle: Any) -> None:
+    from .rules.lifecycle import NetnsGoneError
 
+    try:
+        handle.remove()
+    except NetnsGoneError as e:  # nothing to clean up: say so instead of advising cleanup
+        print(f"ipsec-nflog: {e}", file=sys.stderr)
+        return
+    if not args.quiet:
+        print(f"removed {args.rules} rules", file=sys.stderr)
+
+
+def _capture_with_privileged_parent(args: argparse.Namespace, config: Any,
+                                    stop: StopSignals, user: pwd.struct_passwd) -> int:
+    """-Z with --rules: a small root parent installs the rules and forks the capture, which
+    drops privileges and dies with the parent. The parent passes INT/TERM/HUP on to it and
+    removes the rules when it ends, however it ends."""
     handle = _install_rules(args, config.groups[0])
     try:
-        pid = os.fork()
-        if pid == 0:  # child: capture, then drop privileges inside _capture_loop
-            code = EXIT_FAIL
-            try:
-                with Capture(config=config) as cap:
-                    code = _capture_loop(args, cap)
-            except BaseException as e:
-                print(f"ipsec-nflog: {e}", file=sys.stderr)
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        # Parent: let the child handle signals; wait for it whatever happens.
-        def forward(signum: int, frame: Any) -> None:
-            os.kill(pid, signum)
-
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, forward)
-        while True:
-            try:
-                _, status = os.waitpid(pid, 0)
-                break
-            except ChildProcessError:
-                status = EXIT_FAIL << 8
-                break
-            except InterruptedError:
-                continue
-        return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else EXIT_FAIL
+        with held():  # a signal waits until the child exists and the forwarder is in place
+            if stop:
+                return _stopped_early(args, stop)
+            parent, seen = os.getpid(), stop.count
+            pid = os.fork()  # the child closes its copy of the nft owner socket at once
+            if pid == 0:
+                _capture_child(args, config, stop, user, parent)
+            stop.forward_to(lambda signum: _forward_signal(pid, signum))
+            if stop.count > seen and stop.signum is not None:  # handled just before fork
+                _forward_signal(pid, stop.signum)
+        return _wait_child(pid, stop)
     finally:
-        handle.remove()
-        if not args.quiet:
-            print(f"removed {args.rules} rules", file=sys.stderr)
+        stop.forward_to(None)
+        _remove_rules(args, handle)
+
+
+def _capture_child(args: argparse.Namespace, config: Any, stop: StopSignals,
+                   user: pwd.struct_passwd, parent: int) -> NoReturn:
+    from .capture import Capture
+    from .summary import printable
+
+    code = EXIT_FAIL
+    try:
+        die_with_parent(parent)  # as root until the drop, which clears it: set again there
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        with Capture(config=config) as cap:
+            code = _capture_loop(args, cap, stop, user, parent)
+    except BaseException as e:
+        print(f"ipsec-nflog: {printable(str(e) or type(e).__name__)}", file=sys.stderr)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except OSError:
+                pass
+        os._exit(code)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _forward_signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass  # it has ended: waitpid reports how
+
+
+def _wait_child(pid: int, stop: StopSignals) -> int:
+    """The capture child's exit code. A signal to us meanwhile runs the forwarder, and
+    waitpid resumes after it (PEP 475)."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return EXIT_FAIL
+    finally:
+        stop.forward_to(None)  # its pid may be reused from here on
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        print(f"ipsec-nflog: the capture process died from {_signal_name(sig)}",
+              file=sys.stderr)
+        return EXIT_FAIL
+    return os.waitstatus_to_exitcode(status)
 
 
 def _open_output(args: argparse.Namespace, cap: Any) -> Any:
@@ -250,65 +350,77 @@ def _open_output(args: argparse.Namespace, cap: Any) -> Any:
     to_stdout = args.write == "-"  # like tcpdump -w -: pipe into wireshark -k -i -
     if to_stdout and (args.file_size or args.rotate_seconds):
         raise CliError("-w - cannot rotate (-C/-G)")
+    # Standard output is written through its descriptor: "/dev/stdout" is a symlink, which
+    # the writer never follows, and what it points to is not ours to chown.
     return open_writer(
-        "/dev/stdout" if to_stdout else args.write, format=fmt,
-        overwrite=args.overwrite or to_stdout,
+        sys.stdout.fileno() if to_stdout else args.write, format=fmt,
+        overwrite=args.overwrite,
         flush_every_batch=args.packet_buffered,
         rotate_bytes=args.file_size * 1_000_000 if args.file_size else None,
         rotate_seconds=args.rotate_seconds, rotate_count=args.file_count, **extra,
     )
 
 
-def _capture_loop(args: argparse.Namespace, cap: Any) -> int:
+def _capture_loop(args: argparse.Namespace, cap: Any, stop: StopSignals,
+                  user: pwd.struct_passwd | None = None, parent: int | None = None) -> int:
+    """Read until ``stop`` (a signal), -c or --duration; drain; close. ``parent``: the pid
+    of the root parent under -Z --rules, whose death must end this process too."""
     from .summary import summarize
 
     writer = _open_output(args, cap) if args.write else None
-    if args.user:
-        if writer is not None:
-            pw = pwd.getpwnam(args.user)
-            os.fchown(writer.fileno(), pw.pw_uid, pw.pw_gid)
-        drop_privileges(args.user)
+    if user is not None:
+        _become(user, writer, parent)
     status = StatusLine(sys.stderr, sys.stderr.isatty() and not args.quiet and bool(writer))
     deadline = time.monotonic() + args.duration if args.duration else None
     left = args.count
     error: BaseException | None = None
-    with StopFlag() as stop:
-        try:
-            while not stop and (left is None or left > 0):
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                batch = cap.read_batch(max_packets=min(left or 65536, 65536), timeout=0.25)
-                if batch is not None:
-                    left = None if left is None else left - batch.count
-                    _emit(batch, writer, summarize)
-                elif writer is not None:
-                    writer.flush_if_due()
-                if status.enabled:
-                    status.update(cap.stats())
-            # Let the kernel flush its queue, then take what is left in the ring.
-            if left is None or left > 0:
-                cap.stop()
-                while (left is None or left > 0) and (
-                        batch := cap.read_batch(max_packets=min(left or 65536, 65536),
-                                                timeout=0)) is not None:
-                    left = None if left is None else left - batch.count
-                    _emit(batch, writer, summarize)
-        except OSError as e:
-            error = e
-        finally:
-            stats = cap.stats()
-            status.clear()
-            if writer is not None:
-                try:
-                    writer.close(stats=stats)
-                except OSError as e:
-                    error = error or e
+    try:
+        while not stop and (left is None or left > 0):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            batch = cap.read_batch(max_packets=min(left or 65536, 65536), timeout=0.25)
+            if batch is not None:
+                left = None if left is None else left - batch.count
+                _emit(batch, writer, summarize)
+            elif writer is not None:
+                writer.flush_if_due()
+            if status.enabled:
+                status.update(cap.stats())
+        # Let the kernel flush its queue, then take what is left in the ring. Stopped by a
+        # signal, a repeat of it cuts the wait short; otherwise any signal does.
+        if left is None or left > 0:
+            by_signal = bool(stop)
+            cap.stop(interrupted=lambda: stop.hurried if by_signal else bool(stop))
+            while (left is None or left > 0) and (
+                    batch := cap.read_batch(max_packets=min(left or 65536, 65536),
+                                            timeout=0)) is not None:
+                left = None if left is None else left - batch.count
+                _emit(batch, writer, summarize)
+    except OSError as e:
+        error = e
+    finally:
+        stats = cap.stats()
+        status.clear()
+        if writer is not None:
+            try:
+                writer.close(stats=stats)
+            except OSError as e:
+                error = error or e
     _summary(args, stats, writer, error, stop.signum)
     if error is not None:
         return EXIT_FAIL
     if args.fail_on_drop and stats.lossy:
         return EXIT_DROPS
     return EXIT_OK
+
+
+def _become(user: pwd.struct_passwd, writer: Any, parent: int | None) -> None:
+    """-Z: hand the output file to ``user`` and become it; under a root parent, die with it."""
+    if writer is not None and writer.created:  # never chown what this run did not create
+        os.fchown(writer.fileno(), user.pw_uid, user.pw_gid)
+    drop_privileges(user)
+    if parent is not None:
+        die_with_parent(parent)  # setuid cleared the first setting
 
 
 def _emit(batch: Any, writer: Any, summarize: Callable[..., str]) -> None:
@@ -324,12 +436,17 @@ def _emit(batch: Any, writer: Any, summarize: Callable[..., str]) -> None:
 
 def _summary(args: argparse.Namespace, stats: Any, writer: Any, error: BaseException | None,
              signum: int | None) -> None:
-    if args.quiet and error is None:
+    from .summary import printable
+
+    lost = writer.records_lost if writer is not None else 0
+    if args.quiet and error is None and not lost:
         return
     err = sys.stderr
     why = f" (stopped by {signal.Signals(signum).name})" if signum else ""
     done = (f"{writer.records_written} written" if writer is not None
             else f"{stats.delivered_packets} shown")
+    if lost:
+        done += f", {lost} lost (taken from the ring, but the output did not take them)"
     print(f"{stats.received_packets} packets received, {done}{why}", file=err)
     for g, s in sorted(stats.groups.items()):
         print(f"  nflog:{g}: received {s.received_packets}, delivered {s.delivered_packets}, "
@@ -340,21 +457,28 @@ def _summary(args: argparse.Namespace, stats: Any, writer: Any, error: BaseExcep
         print(f"  {stats.pending_packets} packets were still in the ring at exit", file=err)
     if stats.lossy:
         print(f"WARNING: packets were lost: {stats.drop_summary()}", file=err)
+    if lost:
+        print(f"WARNING: {lost} records were lost writing the output", file=err)
     if writer is not None:
         files = writer.files or [args.write]
-        print(f"files: {', '.join(str(f) for f in files)}", file=err)
+        print(printable(f"files: {', '.join(str(f) for f in files)}"), file=err)
     if error is not None:
-        kept = (f"; {writer.files[-1] if writer.files else args.write} keeps "
-                f"{writer.records_written} complete records" if writer is not None else "")
-        print(f"ipsec-nflog: capture stopped: {error}{kept}", file=err)
+        target = writer.files[-1] if writer.files else args.write
+        kept = ("" if writer is None else
+                f"; standard output got {writer.records_written} complete records"
+                if args.write == "-" else
+                f"; {target} keeps {writer.records_written} complete records")
+        print(printable(f"ipsec-nflog: capture stopped: {error}{kept}"), file=err)
 
 
 # ------------------------------------------------------------------------------- read --
 
 def cmd_read(args: argparse.Namespace) -> int:
+    """``read FILE`` (``-``: standard input, never seeked): one line per packet; every
+    string from the file or a key log is printed through ``summary.printable``."""
     from .packet import hook_name
     from .pcapfile import read_capture
-    from .summary import summarize
+    from .summary import printable, summarize
 
     keys_dir = getattr(args, "keys", None)
     logs = getattr(args, "log", None) or []
@@ -371,12 +495,14 @@ def cmd_read(args: argparse.Namespace) -> int:
             raise CliError(f"cannot read keys from {e.filename or keys_dir}: "
                            f"{e.strerror or e}") from None
         for w in decryptor.warnings:
-            print(f"ipsec-nflog: warning: {w}", file=sys.stderr)
+            print(printable(f"ipsec-nflog: warning: {w}"), file=sys.stderr)
         if not len(decryptor):
             raise CliError("no usable ESP keys in " + ", ".join([*([keys_dir] if keys_dir
                                                                   else []), *logs]))
     elif write_decrypted:
         raise CliError("--write-decrypted needs --keys DIR or --log FILE")
+    if args.file == "-" and "-" in logs:
+        raise CliError("read - and --log - cannot both read standard input")
     if write_decrypted:
         try:
             writer = decrypt.DecryptedWriter(write_decrypted,
@@ -388,7 +514,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     shown = written = 0
     out = sys.stdout
     try:
-        for pkt in read_capture(args.file):
+        for pkt in read_capture(sys.stdin.buffer if args.file == "-" else args.file):
             if args.group is not None and getattr(pkt, "group", None) not in args.group:
                 continue
             if args.prefix is not None and getattr(pkt, "prefix", None) != args.prefix:
@@ -413,8 +539,14 @@ def cmd_read(args: argparse.Namespace) -> int:
             writer.close()
     if decryptor is not None:
         out.flush()
-        tail = f"; wrote {written} to {write_decrypted}" if writer is not None else ""
-        print(f"{decryptor.stats.summary()}{tail}", file=sys.stderr)
+        tail = ""
+        if writer is not None:
+            written -= writer.records_skipped
+            tail = f"; wrote {written} to {write_decrypted}"
+            if writer.records_skipped:
+                tail += (f" ({writer.records_skipped} not written: timestamp beyond the pcap "
+                         "format's 32-bit seconds)")
+        print(printable(f"{decryptor.stats.summary()}{tail}"), file=sys.stderr)
     return EXIT_OK
 
 
@@ -422,6 +554,7 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from .procinfo import group_bindings
+    from .summary import printable
 
     where = f"network namespace {args.netns!r}" if args.netns else "this network namespace"
     rows = group_bindings(args.netns)
@@ -430,7 +563,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"NFLOG groups bound in {where}:")
     for b in rows:
-        who = f"{b.comm} (pid {b.pid})" if b.pid else f"netlink port {b.portid}"
+        who = f"{printable(b.comm or '?')} (pid {b.pid})" if b.pid else f"netlink port {b.portid}"
         copy = (f"copies packets up to {b.copy_range} bytes" if b.copy_mode == 2
                 else f"copy mode {b.copy_mode_name}")
         print(f"  group {b.group}: bound by {who}; {copy}; flushes every "
@@ -520,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NFLOG group (repeatable)")
     c.add_argument("-i", dest="group", type=_group_arg, action="append",
                    metavar="nflog:N", help="same as -g, tcpdump style")
-    c.add_argument("-w", "--write", metavar="FILE",
+    c.add_argument("-w", "--write", metavar="FILE", type=_path_arg,
                    help="write packets to FILE ('-': standard output)")
     c.add_argument("-s", "--snaplen", type=int, default=0, help="bytes per packet (0: all)")
     c.add_argument("-c", "--count", type=_positive_int, help="stop after COUNT packets")
@@ -549,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--low-latency", action="store_true",
                    help="one packet per netlink message: timely timestamps, more CPU")
     c.add_argument("--qthreshold", type=int)
-    c.add_argument("--flush-timeout", type=_positive_float, dest="flush_timeout")
+    c.add_argument("--flush-timeout", type=_non_negative_float, dest="flush_timeout")
     c.add_argument("--nlbufsiz", type=_size_arg)
     c.add_argument("--rcvbuf", type=_size_arg)
     c.add_argument("--ring-size", type=_size_arg, dest="ring_size",
@@ -559,7 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_capture)
 
     r = sub.add_parser("read", help="print a capture file (ours or tcpdump's)")
-    r.add_argument("file")
+    r.add_argument("file", type=_path_arg, help="capture file ('-': standard input)")
     r.add_argument("--group", type=_group_arg, help="only these groups")
     r.add_argument("--prefix", help="only packets with this prefix")
     r.add_argument("--hook", type=str.upper, help="only this hook (INPUT, OUTPUT, ...)")
@@ -577,6 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--log", action="append", default=[], metavar="FILE",
                     help="charon log written with 'chd 4' (repeatable)")
     dg.add_argument("--write-decrypted", dest="write_decrypted", metavar="OUT",
+                    type=_path_arg,
                     help="write the decrypted inner IP packets (tunnel mode; transport mode "
                          "with the outer IP header) with the outer packets' timestamps as a "
                          "LINKTYPE_RAW pcap, mode 0600")
@@ -607,15 +741,27 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=cmd_keys)
 
     d = sub.add_parser("demo", help="a real capture in throwaway namespaces")
-    d.add_argument("-w", "--write", default="ipsec-nflog-demo.pcap", metavar="FILE")
+    d.add_argument("-w", "--write", default="ipsec-nflog-demo.pcap", metavar="FILE",
+                   type=_path_arg)
     d.add_argument("-g", "--group", type=int, default=5)
     d.set_defaults(func=cmd_demo)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    # Own the stop signals before anything else: from here on a signal asks the capture to
+    # stop (the other commands get it back below), and never prints a traceback.
+    with StopSignals() as stop:
+        try:
+            args = build_parser().parse_args(argv)
+            if args.func is not cmd_capture:
+                stop.hand_back()  # Python's defaults again: Ctrl-C interrupts a read
+            return _run_command(args)
+        except KeyboardInterrupt:
+            return 130
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
@@ -626,7 +772,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         msg = str(e) or type(e).__name__
-        print(f"ipsec-nflog: {msg}", file=sys.stderr)
+        from .summary import printable  # file names and the like in it are untrusted
+
+        print(f"ipsec-nflog: {printable(msg)}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, (ValueError, CliError)) else EXIT_FAIL
 
 

@@ -205,7 +205,13 @@ class DecryptResult:
         return f"[ESP {self.status} {where}: {self.message}]"
 
     def describe(self) -> str:
-        """One line: the label, then the inner packet's summary when decrypted."""
+        """One line: the label, then the inner packet's summary when decrypted; safe to print
+        (:func:`ipsec_nflog.summary.printable`)."""
+        from ipsec_nflog.summary import printable
+
+        return printable(self._describe())
+
+    def _describe(self) -> str:
         if not self.ok:
             return self.label()
         if self.next_header == 59:
@@ -536,14 +542,15 @@ def _decrypt_with(suite: _Suite, esp: bytes, spi: int, seq: int, loc: _Located,
 
 def read_charon_logs(paths: Sequence[PathLike]) -> tuple[list[EspSa], list[str]]:
     """The ESP SAs of charon logs (``keys.parse_charon_log``) and its warnings, each
-    prefixed with the file name."""
+    prefixed with the file name. Each log is streamed with a bound per line
+    (:class:`ipsec_nflog.keys.LogLines`); what that leaves out is in the warnings too."""
     sas: list[EspSa] = []
     warnings: list[str] = []
     for path in paths:
-        with open(path, errors="replace") as f:
-            found = keys.parse_charon_log(f.read())
+        with keys.open_log(path) as lines:
+            found = keys.parse_charon_log(lines)
         sas += found.esp
-        warnings += [f"{os.fspath(path)}: {w}" for w in found.warnings]
+        warnings += [f"{os.fspath(path)}: {w}" for w in [*found.warnings, *lines.warnings()]]
     return sas, warnings
 
 
@@ -552,7 +559,9 @@ def read_charon_logs(paths: Sequence[PathLike]) -> tuple[list[EspSa], list[str]]
 class DecryptedWriter(CaptureWriter):
     """LINKTYPE_RAW pcap of decrypted inner IP packets (file safety and mode 0600 as for the
     capture writers: :func:`ipsec_nflog.pcapfile.open_writer`'s options apply).
-    :meth:`write_packet` buffers; :meth:`close` writes the rest."""
+    :meth:`write_packet` buffers; :meth:`close` writes the rest. A packet whose timestamp a
+    pcap record cannot hold (pcapng allows 64-bit ones) is not written and is counted in
+    ``records_skipped``."""
 
     format = "raw"
     linktype = LINKTYPE_RAW
@@ -569,6 +578,9 @@ class DecryptedWriter(CaptureWriter):
 
     def write_packet(self, ts_sec: int, ts_usec: int, ip_packet: bytes) -> None:
         """Queue one IP packet with its (outer packet's) timestamp."""
+        if not (0 <= ts_sec <= 0xFFFFFFFF and 0 <= ts_usec < 1_000_000):
+            self.records_skipped += 1
+            return
         self._pending += self._REC.pack(ts_sec, ts_usec, len(ip_packet), len(ip_packet))
         self._pending += ip_packet
         self._npending += 1

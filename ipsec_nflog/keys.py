@@ -18,6 +18,14 @@ Pure Python; it never imports the compiled core. Charon settings that make a log
 at once; without it, keys are matched to the most recent SPIs in the log. A log at these
 levels contains secrets: keep it (and the files written here, mode 0600) private.
 
+Logs (and ``esp_sa`` / ``ip xfrm state`` files) are streamed line by line, never read whole:
+:class:`LogLines` bounds a line to ``MAX_LOG_LINE`` bytes (longer lines are skipped and
+counted in a warning), and a file with no line break in ``MAX_LOG_GAP`` bytes is not a text
+log (``/dev/zero``): reading it stops there with a warning. Memory stays bounded whatever the
+input. Keys and warnings printed on the command line go through
+:func:`ipsec_nflog.summary.printable` (a log is untrusted input), and output files are
+created without following planted links (:mod:`ipsec_nflog.outfile`).
+
 Limitations: IKEv1 is not handled; an IKE_SA created by an IKE rekeying has no logged SPIs
 (no NAT-D), so it is reported with the SPIs unknown and left out of the IKEv2 table.
 """
@@ -25,25 +33,32 @@ Limitations: IKEv1 is not handled; an IKE_SA created by an IKE rekeying has no l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
+import errno
 import ipaddress
 import os
 import re
+import stat
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Union
+from typing import IO, Union
+
+from ipsec_nflog.outfile import create_output_file
 
 __all__ = [
     "EspSa",
     "IkeSa",
     "KeyExtractionError",
     "LogKeys",
+    "LogLines",
     "add_arguments",
     "esp_sa_line",
     "ikev2_line",
+    "open_log",
     "parse_charon_log",
     "parse_xfrm_state",
     "read_esp_sa",
@@ -56,6 +71,8 @@ __all__ = [
 
 ESP_SA_FILE = "esp_sa"
 IKEV2_FILE = "ikev2_decryption_table"
+MAX_LOG_LINE = 64 * 1024  # bytes; charon's longest lines (hex dumps) are ~100
+MAX_LOG_GAP = 16 * 1024 * 1024  # no line break in this many bytes: not a text log
 
 
 class KeyExtractionError(ValueError):
@@ -222,15 +239,36 @@ def ikev2_line(sa: IkeSa) -> str:
 
 def _write_private(path: Union[str, os.PathLike[str]], lines: Iterable[str],
                    append: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-    fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    name = os.fspath(path)
+    fd = _open_for_append(name) if append else create_output_file(
+        name, overwrite=True, mode=0o600, what="key file")[0]
     try:
-        os.fchmod(fd, 0o600)  # also when the file existed with wider permissions
         with os.fdopen(fd, "w", encoding="ascii", closefd=False) as f:
             for line in lines:
                 f.write(line + "\n")
     finally:
         os.close(fd)
+
+
+def _open_for_append(path: str) -> int:
+    """An existing key file of ours to append to (never through a link: a planted symlink
+    or hard link would send the keys elsewhere), or a new one."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return create_output_file(path, overwrite=False, mode=0o600, what="key file")[0]
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, f"key file {path} is a symbolic link; not following "
+                          "it", path) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise PermissionError(errno.EPERM, f"key file {path} is not a regular file of ours "
+                              "with a single link; not appending to it", path)
+    os.fchmod(fd, 0o600)  # also when the file existed with wider permissions
+    return fd
 
 
 def _dedup(lines: Iterable[str]) -> list[str]:
@@ -254,8 +292,13 @@ def write_wireshark_keys(directory: Union[str, os.PathLike[str]], *,
                          ike: Iterable[IkeSa] = (), esp: Iterable[EspSa] = (),
                          append: bool = False) -> dict[str, str]:
     """Write both files into ``directory`` (e.g. a Wireshark profile directory, or the
-    save-keys ``wireshark_keys`` directory). Returns {table name: path}."""
+    save-keys ``wireshark_keys`` directory). Returns {table name: path}. A symbolic link of
+    someone else's in place of the directory is refused (it would send the keys elsewhere)."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
+    st = os.lstat(directory)
+    if stat.S_ISLNK(st.st_mode) and st.st_uid not in (0, os.geteuid()):
+        raise PermissionError(errno.EPERM, f"key directory {os.fspath(directory)} is a symbolic "
+                              f"link owned by uid {st.st_uid}; not following it", directory)
     paths = {ESP_SA_FILE: os.path.join(directory, ESP_SA_FILE),
              IKEV2_FILE: os.path.join(directory, IKEV2_FILE)}
     write_esp_sa(paths[ESP_SA_FILE], esp, append=append)
@@ -282,6 +325,60 @@ def tshark_options(*, esp: Iterable[EspSa] = (), ike: Iterable[IkeSa] = (),
     return opts
 
 
+# ---- reading logs with bounded memory ----------------------------------------------------------
+
+class LogLines:
+    """The lines of a text file, streamed: each is decoded as UTF-8 (errors replaced) and
+    keeps its line ending. A line longer than ``max_line`` bytes is skipped (``skipped``
+    counts them); no line break in ``max_gap`` bytes means the file is not a text log, and
+    iteration stops there (``stopped_at`` is the offset of that line). ``warnings()`` says
+    what was left out. Memory is bounded by ``max_line``, whatever the file."""
+
+    def __init__(self, f: IO[bytes], *, max_line: int = MAX_LOG_LINE,
+                 max_gap: int = MAX_LOG_GAP) -> None:
+        self._f = f
+        self.max_line, self.max_gap = max_line, max_gap
+        self.skipped = 0
+        self.stopped_at: int | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        offset = 0
+        while line := self._f.readline(self.max_line + 1):
+            start = offset
+            offset += len(line)
+            if len(line) <= self.max_line or line.endswith(b"\n"):
+                yield line.decode("utf-8", "replace")
+                continue
+            while not line.endswith(b"\n"):  # skip the rest of the long line
+                line = self._f.readline(self.max_line)
+                offset += len(line)
+                if not line:
+                    break
+                if offset - start > self.max_gap:
+                    self.stopped_at = start
+                    return
+            self.skipped += 1
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.skipped:
+            out.append(f"{self.skipped} line(s) longer than {self.max_line} bytes skipped")
+        if self.stopped_at is not None:
+            out.append(f"no line break in {self.max_gap} bytes from byte offset "
+                       f"{self.stopped_at}: not a text log, stopped reading it there")
+        return out
+
+
+@contextlib.contextmanager
+def open_log(path: Union[str, os.PathLike[str]]) -> Iterator[LogLines]:
+    """:class:`LogLines` of a file, or of standard input for ``"-"``."""
+    if os.fspath(path) == "-":
+        yield LogLines(sys.stdin.buffer)
+        return
+    with open(path, "rb") as f:
+        yield LogLines(f)
+
+
 # ---- charon log --------------------------------------------------------------------------------
 
 # "<time> 09[IKE] <t|1> message" (filelog) or "... charon-systemd[12]: 09[IKE] <1> message".
@@ -296,6 +393,14 @@ _SELECTED_RE = re.compile(r"^selected proposal: (IKE|ESP|AH):(\S+)")
 _IKE_KEYS = ("Sk_ei", "Sk_er", "Sk_ai", "Sk_ar")
 _CHILD_KEYS = {"encryption initiator key": "ei", "encryption responder key": "er",
                "integrity initiator key": "ai", "integrity responder key": "ar"}
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _ctx_of(tag: str | None) -> int | None:
@@ -403,10 +508,11 @@ def _esp_names(child: _ChildState) -> tuple[str, str]:
 def parse_charon_log(text: Union[str, Iterable[str]]) -> LogKeys:
     """Extract IKEv2 and ESP keys from a charon log written with ``ike 4`` and ``chd 4``.
 
-    ``text`` is the log's content (or an iterable of lines). Works with charon's filelog
-    (any ``time_format``, with or without ``ike_name``) and with journal/syslog lines.
+    ``text`` is the log's content, or an iterable of lines (such as :class:`LogLines`), which
+    is consumed once, lazily. Works with charon's filelog (any ``time_format``, with or
+    without ``ike_name``) and with journal/syslog lines.
     """
-    lines = text.splitlines() if isinstance(text, str) else list(text)
+    lines = text.splitlines() if isinstance(text, str) else text
     out = LogKeys()
     ike: dict[int | None, _IkeState] = {}
     child: dict[object, _ChildState] = {}
@@ -479,6 +585,10 @@ def parse_charon_log(text: Union[str, Iterable[str]]) -> LogKeys:
             out.warnings.append(f"ESP SA 0x{spi:08x}: cannot tell whether this peer initiated "
                                 "the CHILD_SA (needs enc >= 1 'parsed ...' lines); skipped")
             return
+        if not (_is_address(src) and _is_address(dst)):
+            out.warnings.append(f"ESP SA 0x{spi:08x}: {src!r} > {dst!r} are not IP "
+                                "addresses; skipped")
+            return
         enc, integ = _esp_names(ch)
         # Initiator keys protect initiator → responder traffic.
         use_initiator = (direction == "outbound") == ch.initiator
@@ -488,7 +598,7 @@ def parse_charon_log(text: Union[str, Iterable[str]]) -> LogKeys:
                              integrity_key=ch.keys.get("a" + side, b""), source="log"))
 
     for raw in lines:
-        line = raw.rstrip("\n")
+        line = raw.rstrip("\r\n")
         m = _LINE_RE.search(line)
         if m is None:
             # journald continuation lines of a multi-line message: no prefix
@@ -579,12 +689,14 @@ def _add_row(dump: dict[str, object], rm: re.Match[str]) -> None:
 _XFRM_HEAD_RE = re.compile(r"^src (\S+) dst (\S+)\s*$")
 
 
-def parse_xfrm_state(text: str) -> list[EspSa]:
-    """ESP SAs from ``ip xfrm state`` (or ``ip -s xfrm state``) output. AH and IPComp states
-    are skipped; states whose algorithms Wireshark cannot decrypt raise KeyExtractionError."""
+def parse_xfrm_state(text: Union[str, Iterable[str]]) -> list[EspSa]:
+    """ESP SAs from ``ip xfrm state`` (or ``ip -s xfrm state``) output, as text or lines. AH
+    and IPComp states are skipped; states whose algorithms Wireshark cannot decrypt raise
+    KeyExtractionError."""
     sas: list[EspSa] = []
     blocks: list[list[str]] = []
-    for line in text.splitlines():
+    for raw in text.splitlines() if isinstance(text, str) else text:
+        line = raw.rstrip("\r\n")
         if _XFRM_HEAD_RE.match(line):
             blocks.append([line])
         elif blocks and line.strip():
@@ -593,6 +705,8 @@ def parse_xfrm_state(text: str) -> list[EspSa]:
         hm = _XFRM_HEAD_RE.match(block[0])
         assert hm
         src, dst = hm.group(1), hm.group(2)
+        if not (_is_address(src) and _is_address(dst)):
+            raise KeyExtractionError(f"xfrm state {src!r} > {dst!r}: not IP addresses")
         proto = spi = reqid = mode = None
         enc = integ = None
         enc_key = integ_key = b""
@@ -667,14 +781,19 @@ def read_esp_sa(path: Union[str, os.PathLike[str]]) -> list[EspSa]:
     if os.path.isdir(p):
         p = os.path.join(p, ESP_SA_FILE)
     out: list[EspSa] = []
-    with open(p, newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), 1):
-            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-                continue
-            try:
-                out.append(_esp_sa_row(row))
-            except (ValueError, IndexError) as e:
-                raise ValueError(f"{p}:{lineno}: not an esp_sa record ({e})") from None
+    with open_log(p) as lines:
+        try:
+            for lineno, row in enumerate(csv.reader(lines), 1):
+                if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+                    continue
+                try:
+                    out.append(_esp_sa_row(row))
+                except (ValueError, IndexError) as e:
+                    raise ValueError(f"{p}:{lineno}: not an esp_sa record ({e})") from None
+        except csv.Error as e:
+            raise ValueError(f"{p}: not an esp_sa file ({e})") from None
+        if lines.warnings():
+            raise ValueError(f"{p}: not an esp_sa file ({'; '.join(lines.warnings())})")
     return out
 
 
@@ -684,6 +803,8 @@ def _esp_sa_row(row: list[str]) -> EspSa:
     _family, src, dst, spi_text, enc, enc_key, integ, integ_key = (c.strip() for c in row[:8])
     if spi_text == "*":
         raise ValueError("wildcard SPIs are not supported")
+    if not _is_address(src) or not (_is_address(dst) or dst == "*"):
+        raise ValueError(f"{src!r} > {dst!r} are not IP addresses")
     return EspSa(src=src, dst=dst, spi=int(spi_text, 0), encryption=enc,
                  encryption_key=_key(enc_key), integrity=integ,
                  integrity_key=_key(integ_key), source="esp_sa")
@@ -742,34 +863,43 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
     esp: list[EspSa] = []
     try:
         for path in args.log:
-            text = sys.stdin.read() if path == "-" else open(path, errors="replace").read()
-            found = parse_charon_log(text)
+            with open_log(path) as lines:
+                found = parse_charon_log(lines)
             ike += found.ike
             esp += found.esp
-            for w in found.warnings:
-                print(f"warning: {path}: {w}", file=sys.stderr)
+            for w in [*found.warnings, *lines.warnings()]:
+                _say(f"warning: {path}: {w}", sys.stderr)
         for path in args.xfrm_file:
-            with open(path) as f:
-                esp += parse_xfrm_state(f.read())
+            with open_log(path) as lines:
+                esp += parse_xfrm_state(lines)
+            for w in lines.warnings():
+                _say(f"warning: {path}: {w}", sys.stderr)
         if args.xfrm:
             esp += read_xfrm_state(args.netns)
+        if args.out:
+            paths = write_wireshark_keys(args.out, ike=ike, esp=esp, append=args.append)
+            _say(f"wrote {sum(s.complete for s in ike)} IKE_SA(s) to {paths[IKEV2_FILE]} and "
+                 f"{len(_dedup(map(esp_sa_line, esp)))} ESP SA(s) to {paths[ESP_SA_FILE]}")
     except (OSError, KeyExtractionError, ValueError) as e:
-        print(f"ipsec-nflog keys: {e}", file=sys.stderr)
+        _say(f"ipsec-nflog keys: {e}", sys.stderr)
         return 1
-    if args.out:
-        paths = write_wireshark_keys(args.out, ike=ike, esp=esp, append=args.append)
-        print(f"wrote {sum(s.complete for s in ike)} IKE_SA(s) to {paths[IKEV2_FILE]} and "
-              f"{len(_dedup(map(esp_sa_line, esp)))} ESP SA(s) to {paths[ESP_SA_FILE]}")
     if args.tshark:
         for item in tshark_options(esp=esp, ike=ike):
-            print(item)
+            _say(item)
     if not args.out and not args.tshark:
         for s in ike:
             if s.complete:
-                print(f"ikev2_decryption_table: {ikev2_line(s)}")
+                _say(f"ikev2_decryption_table: {ikev2_line(s)}")
         for sa in esp:
-            print(f"esp_sa: {esp_sa_line(sa)}")
+            _say(f"esp_sa: {esp_sa_line(sa)}")
     return 0
+
+
+def _say(line: str, stream: IO[str] | None = None) -> None:
+    """Print one line made of untrusted strings (from a log), escaped for the terminal."""
+    from ipsec_nflog.summary import printable
+
+    print(printable(line), file=stream or sys.stdout)
 
 
 if __name__ == "__main__":

@@ -23,17 +23,26 @@ Formats (``open_writer(format=...)``):
   metadata (prefix, hook, devices, mark, uid, ...) is lost; records without a payload are
   skipped (counted in ``records_skipped``).
 
-File safety: files are created with ``O_CREAT|O_EXCL`` (``FileExistsError`` if the file exists,
-unless ``overwrite=True``) and set to ``mode`` (0600) with fchmod, whatever the umask. Each
-batch reaches the kernel with one write as soon as ``write_records`` returns, so readers of the
-file and a crash of this process never see or lose part of a batch (tcpdump -U's guarantee,
-always). "Flushing" therefore means ``fdatasync``: every ``flush_interval`` seconds (checked on
-each batch and by :meth:`CaptureWriter.flush_if_due`, which an idle capture loop should call;
-these interval syncs run on a worker thread, so a slow disk never stalls the consumer),
-after every batch with ``flush_every_batch=True``, and at rotation and close. On a write error
-(ENOSPC, EIO, ...) or an interrupt in the middle of a write, the file is truncated back to its
-last complete record, and :class:`CaptureWriteError` carries the errno, the path and the counts
-on disk; the writer accepts no more records, but ``close()`` still works.
+File safety (:mod:`ipsec_nflog.outfile`): files are created with ``O_CREAT|O_EXCL|O_NOFOLLOW``
+(``FileExistsError`` if the file exists, unless ``overwrite=True``) and set to ``mode`` (0600)
+with fchmod, whatever the umask. A symbolic link at the path is never followed, not even with
+``overwrite`` (OSError ELOOP). ``overwrite`` replaces an existing regular file by unlinking its
+name and creating a new file, never by truncating it (a planted hard link keeps its content); an
+existing device (``/dev/null``), or a FIFO of root's or ours, is written into as it is.
+``created`` says whether the current file is one this writer created (only such files may be
+chowned, e.g. for ``-Z``), ``files`` lists the created ones. ``path`` may also be an open file
+descriptor (``-w -``: 1), written through a duplicate and never rotated. Each batch reaches the
+kernel with one write as soon as ``write_records`` returns, so readers of the file and a crash
+of this process never see or lose part of a batch (tcpdump -U's guarantee, always). "Flushing"
+therefore means ``fdatasync``: every ``flush_interval`` seconds (checked on each batch and by
+:meth:`CaptureWriter.flush_if_due`, which an idle capture loop should call; these interval syncs
+run on a worker thread, so a slow disk never stalls the consumer), after every batch with
+``flush_every_batch=True``, and at rotation and close. On a write error (ENOSPC, EIO, ...) or an
+interrupt in the middle of a write, the file is truncated back to its last complete record, and
+:class:`CaptureWriteError` carries the errno, the path and the counts on disk; the writer
+accepts no more records, but ``close()`` still works. Records handed to ``write_records`` that
+never reached a file (the rest of the failing batch, or any batch given to a failed writer) are
+counted in ``records_lost``, so none goes uncounted.
 
 Rotation (tcpdump's -C/-G/-W):
 
@@ -51,6 +60,13 @@ Rotation (tcpdump's -C/-G/-W):
   deletes the oldest file this writer made. (With -G alone tcpdump exits after W files
   instead; we keep a ring.) A rotation target that this writer made earlier is replaced; any
   other existing file is an error unless ``overwrite=True``.
+- A rotation slot is opened exactly like the first file. A slot that is taken (an existing
+  file without ``overwrite``, a symbolic link, a FIFO of someone else's) *stops the
+  capture cleanly*: ``write_records`` raises CaptureWriteError naming the slot and why, every
+  file written so far stays complete, and the records of the batch that did not fit before
+  the rotation are counted in ``records_lost``. We stop rather than pick another name
+  because the names are predictable anyway and a silently renamed ring is easy to miss; to
+  keep others from stopping a capture this way, write into a directory only you can write.
 - Every file starts with a complete header; pcapng files repeat the IDBs of every group seen
   so far, so interface ids stay the same across files.
 """
@@ -58,14 +74,16 @@ Rotation (tcpdump's -C/-G/-W):
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import struct
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Callable, ClassVar, Protocol, Union
+from typing import Any, Callable, ClassVar, Protocol, TypeVar, Union
 
+from ipsec_nflog.outfile import create_output_file
 from ipsec_nflog.pcapformat import (
     BLOCK_EPB,
     BLOCK_IDB,
@@ -118,6 +136,7 @@ SYNTHESIZED_COMMENT = "timestamp synthesized (no NFULA_TIMESTAMP)"
 FORMATS = ("pcap", "pcapng", "raw")
 WriteV = Callable[[int, Sequence[Buffer]], int]
 Clock = Callable[[], float]
+_Writer = TypeVar("_Writer", bound="CaptureWriter")
 
 _REC = struct.Struct("=IIII")  # ring / pcap record header, host order
 _TLV = struct.Struct("=HH")
@@ -206,25 +225,11 @@ def _block_ends(body: memoryview) -> Iterator[int]:
         yield off
 
 
-def _create_file(path: str, *, overwrite: bool, mode: int) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if overwrite else os.O_EXCL)
+def _dup(fd: int, name: str) -> int:
     try:
-        fd = os.open(path, flags, mode)
-    except FileExistsError:
-        raise FileExistsError(
-            errno.EEXIST,
-            f"capture file {path} already exists; not overwriting it (pass overwrite=True)",
-            path,
-        ) from None
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0)
     except OSError as e:
-        raise type(e)(e.errno, f"cannot create capture file {path}: {e.strerror}", path) from None
-    try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):  # never chmod /dev/null & co.
-            os.fchmod(fd, mode)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        raise type(e)(e.errno, f"cannot write to {name}: {e.strerror}", name) from None
 
 
 def _unlink(path: str) -> None:
@@ -307,7 +312,7 @@ class CaptureWriter:
 
     def __init__(
         self,
-        path: Union[str, os.PathLike[str]],
+        path: Union[str, os.PathLike[str], int],
         *,
         overwrite: bool = False,
         mode: int = 0o600,
@@ -335,7 +340,10 @@ class CaptureWriter:
                 raise ValueError(f"rotate_count must be >= 1, not {rotate_count}")
             if rotate_bytes is None and rotate_seconds is None:
                 raise ValueError("rotate_count needs rotate_bytes or rotate_seconds (like -W)")
-        self._pattern = os.fspath(path)
+        self._target_fd = path if isinstance(path, int) else -1
+        if self._target_fd >= 0 and (rotate_bytes is not None or rotate_seconds is not None):
+            raise ValueError("a file descriptor cannot rotate (rotate_bytes/rotate_seconds)")
+        self._pattern = "" if isinstance(path, int) else os.fspath(path)
         self._overwrite = overwrite
         self._mode = mode
         self.snaplen = snaplen
@@ -352,7 +360,9 @@ class CaptureWriter:
         self.records_written = 0  # on disk, over all files
         self.bytes_written = 0
         self.records_skipped = 0  # records a format could not represent (raw: no payload)
-        self._files: list[str] = []  # files this writer made that still exist, oldest first
+        self.records_lost = 0  # handed to write_records, never reached a file (I/O errors)
+        self.created = False  # this writer created the current file (chown it, not others)
+        self._files: list[str] = []  # files this writer created that still exist, oldest first
         self._counter = 0
         self._fd = -1
         self._failed = False
@@ -368,7 +378,8 @@ class CaptureWriter:
     # -- public API ----------------------------------------------------------------------
     @property
     def files(self) -> list[str]:
-        """The files this writer made that still exist, oldest first (the last is current)."""
+        """The files this writer created that still exist, oldest first (the last is current,
+        unless the current one is a device or descriptor it writes into: see ``created``)."""
         return list(self._files)
 
     @property
@@ -383,9 +394,11 @@ class CaptureWriter:
 
         Raises CaptureWriteError on I/O errors (the file keeps every complete record), and
         ValueError if the writer is closed or failed, or (pcapng, raw) ``buf`` is not ``count``
-        whole records.
+        whole records. Records that do not reach a file because of an error or an interrupt
+        (or because the writer had already failed) are added to ``records_lost``.
         """
         if self._closed or self._failed:
+            self.records_lost += max(count, 0)
             raise ValueError(f"capture writer for {self.path} is {self._state()}")
         mv = memoryview(buf).cast("B")
         if count < 0 or (count == 0) != (len(mv) == 0) or len(mv) < 16 * count:
@@ -393,7 +406,15 @@ class CaptureWriter:
         if count == 0:
             return
         data, nrec = self._encode(mv, count)
-        body = memoryview(data)
+        before = self.records_written
+        try:
+            self._write_encoded(memoryview(data), nrec)
+        except BaseException:
+            self.records_lost += nrec - (self.records_written - before)
+            raise
+
+    def _write_encoded(self, body: memoryview, nrec: int) -> None:
+        """Commit one encoded batch, rotating as needed, then sync if due."""
         if self._rotate_seconds is not None:
             now = self._clock()
             if now - self._period_start >= self._rotate_seconds:
@@ -456,7 +477,7 @@ class CaptureWriter:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> CaptureWriter:
+    def __enter__(self: _Writer) -> _Writer:
         return self
 
     def __del__(self) -> None:
@@ -521,16 +542,23 @@ class CaptureWriter:
         return f"{base}{self._counter:0{self._digits}d}"
 
     def _open_file(self) -> None:
-        name = self._file_name()
-        if name in self._files:  # a ring slot (or a repeated -G name) of our own: replace it
-            self._files.remove(name)
-            _unlink(name)
-        if self._rotate_count is not None:
-            while len(self._files) >= self._rotate_count:
-                _unlink(self._files.pop(0))
-        self._fd = _create_file(name, overwrite=self._overwrite, mode=self._mode)
+        if self._target_fd >= 0:
+            name = "<stdout>" if self._target_fd == 1 else f"<fd {self._target_fd}>"
+            self._fd = _dup(self._target_fd, name)
+            self.created = False
+        else:
+            name = self._file_name()
+            if name in self._files:  # a ring slot (or a repeated -G name) of our own: replace it
+                self._files.remove(name)
+                _unlink(name)
+            if self._rotate_count is not None:
+                while len(self._files) >= self._rotate_count:
+                    _unlink(self._files.pop(0))
+            self._fd, self.created = create_output_file(name, overwrite=self._overwrite,
+                                                        mode=self._mode)
+            if self.created:  # never list (and so never delete) a device we wrote into
+                self._files.append(name)
         self.path = name
-        self._files.append(name)
         self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
         self._file_size = self._file_records = 0
         header = self._header()
@@ -540,8 +568,9 @@ class CaptureWriter:
             # A file without a whole header is not a capture file: remove it.
             os.close(self._fd)
             self._fd = -1
-            _unlink(name)
-            self._files.remove(name)
+            if self.created:
+                _unlink(name)
+                self._files.remove(name)
             raise
 
     def _rotate(self, new_period: float | None = None) -> None:
@@ -680,7 +709,7 @@ class PcapngWriter(CaptureWriter):
 
     def __init__(
         self,
-        path: Union[str, os.PathLike[str]],
+        path: Union[str, os.PathLike[str], int],
         *,
         groups: Sequence[int] = (),
         stats_source: Callable[[], Any] | None = None,
@@ -838,13 +867,16 @@ _WRITERS: dict[str, type[CaptureWriter]] = {
 }
 
 
-def default_format(path: Union[str, os.PathLike[str]]) -> str:
-    """ "pcapng" for paths ending in .pcapng/.ntar, else "pcap" (tcpdump's format)."""
+def default_format(path: Union[str, os.PathLike[str], int]) -> str:
+    """ "pcapng" for paths ending in .pcapng/.ntar, else "pcap" (tcpdump's format, also for
+    a file descriptor)."""
+    if isinstance(path, int):
+        return "pcap"
     return "pcapng" if os.fspath(path).lower().endswith((".pcapng", ".ntar")) else "pcap"
 
 
 def open_writer(
-    path: Union[str, os.PathLike[str]],
+    path: Union[str, os.PathLike[str], int],
     format: str | None = None,
     *,
     overwrite: bool = False,

@@ -1,5 +1,19 @@
-"""One-line, tcpdump-like descriptions of packets, with ESP SPI/seq and IKE exchange types.
-Pure Python (dpkt); used by the CLI, the demo and ``read``."""
+r"""One-line, tcpdump-like descriptions of packets, with ESP SPI/seq and IKE exchange types.
+Pure Python (dpkt); used by the CLI, the demo and ``read``.
+
+Everything printed from a packet or a file goes through :func:`printable`, the one place
+where untrusted strings (NFLOG prefixes, interface names, file names, key-log fields) are made
+safe for a terminal: a prefix carrying ESC, BEL, CR or LF could otherwise move the cursor,
+rewrite earlier lines or run terminal commands. Like tcpdump, non-printable characters are
+shown, not dropped, in C/Python notation rather than tcpdump's ``^[`` / ``M-`` (the notation
+Python's own messages use, so a ``repr`` in an error message reads the same): ``\x1b``,
+``\x07``, ``\r``, ``\n``, ``\t``, ``\u202e``. Backslashes are kept as they are, like
+tcpdump keeps them: text can imitate an escape, but never act as one. Printable Unicode
+(``é``, U+FFFD for undecodable bytes) is kept.
+
+A timestamp that the platform cannot turn into a time of day (pcapng allows 64-bit ones) is
+shown as its raw value, ``@SECONDS.MICROSECONDS`` since the epoch, instead of stopping.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +27,7 @@ from .packet import Packet
 if TYPE_CHECKING:
     from .pcapreader import FilePacket
 
-__all__ = ["describe_ip", "summarize"]
+__all__ = ["describe_ip", "printable", "summarize"]
 
 IKE_EXCHANGES = {
     2: "Main Mode", 4: "Aggressive", 5: "Informational(v1)", 32: "Quick Mode",
@@ -22,6 +36,38 @@ IKE_EXCHANGES = {
 }
 IKE_PORTS = (500, 4500)
 PROTO_ESP, PROTO_AH = 50, 51
+
+
+_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(char: str) -> str:
+    named = _ESCAPES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte kept by errors="surrogateescape"
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: non-printable characters (controls, DEL, C1
+    controls, format characters such as U+202E) escaped, see the module docstring.
+    Printable text comes back unchanged."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _clock(pkt: Union[Packet, FilePacket], tz: datetime.tzinfo | None) -> str:
+    """HH:MM:SS.ffffff, or the raw ``@sec.usec`` when the platform cannot convert it."""
+    try:
+        return datetime.datetime.fromtimestamp(pkt.timestamp, tz).strftime("%H:%M:%S.%f")
+    except (OverflowError, ValueError, OSError):
+        return f"@{pkt.ts_sec}.{pkt.ts_usec:06d}"
 
 
 def _addr(ip: Any) -> tuple[str, str]:
@@ -91,9 +137,9 @@ def describe_ip(ip: Any) -> str:
 
 
 def summarize(pkt: Union[Packet, FilePacket], *, utc: bool = False) -> str:
-    """``time group prefix hook in/out: ip summary`` for one packet."""
-    tz = datetime.timezone.utc if utc else None
-    t = datetime.datetime.fromtimestamp(pkt.timestamp, tz).strftime("%H:%M:%S.%f")
+    """``time group prefix hook in/out: ip summary`` for one packet, safe to print
+    (:func:`printable`)."""
+    t = _clock(pkt, datetime.timezone.utc if utc else None)
     mark = "~" if pkt.timestamp_synthesized else " "
     devs = f"{pkt.indev_name or pkt.indev or '-'}>{pkt.outdev_name or pkt.outdev or '-'}"
     prefix = pkt.prefix or ""
@@ -109,4 +155,4 @@ def summarize(pkt: Union[Packet, FilePacket], *, utc: bool = False) -> str:
         except Exception as e:  # a summary must never stop a capture
             what = f"undecodable IP packet ({type(e).__name__})"
     trunc = f" [truncated {pkt.orig_len - len(pkt.raw)}]" if pkt.orig_len > len(pkt.raw) else ""
-    return f"{head} {what}{trunc}"
+    return printable(f"{head} {what}{trunc}")

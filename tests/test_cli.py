@@ -294,8 +294,9 @@ def test_stats_names_the_holder(netns: str) -> None:
 @pytest.mark.privileged
 def test_fail_on_drop_exit_code(netns: str, tmp_path: Path) -> None:
     add_nflog(netns, 7700, 58)
-    proc = start("capture", "--netns", netns, "-g", "58", "--ring-size", "64k",
-                 "--fail-on-drop", "-w", str(tmp_path / "drop.pcap"), "--duration", "3")
+    proc = start("capture", "--netns", netns, "-g", "58", "--nlbufsiz", "4k",
+                 "--ring-size", "144k", "--fail-on-drop", "-w", str(tmp_path / "drop.pcap"),
+                 "--duration", "3")
     wait_bound(netns, 58, proc)
     os.kill(proc.pid, signal.SIGSTOP)  # a stalled consumer: the ring fills and drops
     try:

@@ -6,12 +6,22 @@ stays open in our process: :class:`NftContext`. libnftables opens its netlink so
 ``nft_ctx_new()``; a socket keeps the network namespace it was created in, so a context
 made from a thread that ``setns``-ed into a namespace operates there for its whole life,
 whichever thread uses it later (verified by tests/test_rules_kernel.py).
+
+A forked child must not keep that socket: an owner table lives as long as *any* process
+holds it, so a capture child that outlives its parent would keep the rules alive. An
+``os.register_at_fork`` hook closes, in every child, the netlink sockets libnftables opened
+for each live context (found by comparing our descriptors before and after it opens them;
+libnftables does not expose them), and marks those contexts closed there.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
-from typing import Any
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..netns import run_in_netns
 from .errors import RulesError, ToolMissingError
@@ -35,6 +45,40 @@ _lock = threading.Lock()
 _ffi: Any = None
 _lib: Any = None
 _load_error: str | None = None
+_contexts: weakref.WeakSet[NftContext] = weakref.WeakSet()  # open ones, for the fork hook
+
+T = TypeVar("T")
+Socket = tuple[int, int]  # (descriptor, inode): the inode tells a reused number apart
+
+
+def _netlink_sockets() -> set[Socket]:
+    out: set[Socket] = set()
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            s = socket.socket(fileno=fd)
+        except OSError:
+            continue  # closed meanwhile (e.g. listdir's own descriptor)
+        try:
+            if s.family == socket.AF_NETLINK:
+                out.add((fd, os.fstat(fd).st_ino))
+        finally:
+            s.detach()
+    return out
+
+
+def _opening_sockets(fn: Callable[[], T]) -> tuple[T, set[Socket]]:
+    """``fn()`` and the netlink sockets that appeared while it ran."""
+    before = _netlink_sockets()
+    result = fn()
+    return result, _netlink_sockets() - before
+
+
+def _forget_in_child() -> None:
+    for ctx in list(_contexts):
+        ctx._forget_in_child()
 
 
 def _load() -> tuple[Any, Any]:
@@ -80,12 +124,14 @@ class NftContext:
         self._ffi, self._lib = _load()
         self.netns = netns
         self._lock = threading.RLock()
-        ctx = run_in_netns(netns, lambda: self._lib.nft_ctx_new(0))
+        ctx, self._sockets = run_in_netns(
+            netns, lambda: _opening_sockets(lambda: self._lib.nft_ctx_new(0)))
         if ctx == self._ffi.NULL:
             raise RulesError("nft_ctx_new() failed (out of memory, or no netlink socket)")
         self._ctx: Any = ctx
         self._lib.nft_ctx_buffer_output(ctx)
         self._lib.nft_ctx_buffer_error(ctx)
+        _contexts.add(self)
 
     @property
     def closed(self) -> bool:
@@ -103,7 +149,8 @@ class NftContext:
             data = script.encode()
 
             def go() -> tuple[int, str, str]:
-                rc = int(lib.nft_run_cmd_from_buffer(ctx, data))
+                rc, opened = _opening_sockets(lambda: int(lib.nft_run_cmd_from_buffer(ctx, data)))
+                self._sockets |= opened  # should libnftables (re)open its socket lazily
                 out = lib.nft_ctx_get_output_buffer(ctx)
                 err = lib.nft_ctx_get_error_buffer(ctx)
                 return (rc, ffi.string(out).decode(errors="replace") if out != ffi.NULL else "",
@@ -116,10 +163,28 @@ class NftContext:
         with self._lock:
             if self._ctx is not None:
                 ctx, self._ctx = self._ctx, None
+                _contexts.discard(self)
                 self._lib.nft_ctx_free(ctx)
+
+    def _forget_in_child(self) -> None:
+        """In a forked child: close our copies of the context's sockets, so the owner table
+        goes when the parent's do, and never touch the context again (no lock: a thread of
+        the parent may have held it at the fork; nft_ctx_free would close reused numbers)."""
+        self._ctx = None
+        self._lock = threading.RLock()
+        for fd, inode in self._sockets:
+            try:
+                if os.fstat(fd).st_ino == inode:
+                    os.close(fd)
+            except OSError:
+                pass
+        self._sockets = set()
 
     def __enter__(self) -> NftContext:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

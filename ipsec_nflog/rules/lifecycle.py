@@ -2,10 +2,17 @@
 
 - :func:`install` returns an :class:`InstalledRules` handle; ``remove()`` is idempotent.
 - :func:`installed` is the context manager: removal on normal exit and on exceptions.
-- While any handle is active, SIGINT and SIGTERM handlers (installed from the main thread
-  only) remove every active rule set and then chain to the previous handler (the default
-  action is re-raised, so the exit status still says "killed by SIGTERM"); ``atexit``
-  removes what is left at interpreter exit.
+- While any handle is active, SIGINT, SIGTERM and SIGHUP handlers (main thread only)
+  remove every active rule set, then chain to the previous handler (the default action is
+  re-raised: the exit status still says "killed by SIGTERM"); ``atexit`` removes what is
+  left at exit. An ignored signal gets no handler: it ends nothing, so the rules stay. While
+  a :class:`ipsec_nflog.signals.StopSignals` owns the signals (``capture``), none is
+  installed: a signal only asks the owner to stop, and the owner removes the rules.
+- Signals cannot cut install-and-register in two: the handlers go in first, the stop
+  signals are blocked in the installing thread, and one that still reaches a handler waits
+  until the handle is registered.
+- ``remove()`` raises :class:`NetnsGoneError` if the named namespace was deleted meanwhile:
+  the rules went with it (an nft owner table is removed through its socket anyway).
 - SIGKILL cannot be caught: nft owner tables vanish with the process; iptables rules stay
   until :func:`cleanup` removes every rule whose tag names a process that is gone.
 """
@@ -22,7 +29,9 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any, Literal, Union
 
-from ..netns import open_netns, validate_netns_name
+from ..netns import netns_path, open_netns, validate_netns_name
+from ..signals import STOP_SIGNALS, held
+from ..signals import active as signal_owner
 from . import _run
 from .errors import RulesError, ToolMissingError
 from .iptables import IPTABLES_BACKENDS, IptablesBackend, TaggedRule, owner_dead
@@ -34,6 +43,7 @@ __all__ = [
     "BACKENDS",
     "InstalledRules",
     "Leftover",
+    "NetnsGoneError",
     "choose_backend",
     "cleanup",
     "find",
@@ -115,7 +125,31 @@ _lock = threading.RLock()
 _active: dict[int, InstalledRules] = {}
 _previous: dict[int, Any] = {}
 _atexit_done = False
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_installing = 0  # installations under way; a signal reaching _on_signal meanwhile waits
+_deferred: list[int] = []
+SIGNALS = STOP_SIGNALS
+
+
+class NetnsGoneError(RulesError):
+    """The rules' network namespace was deleted while they were installed: they went with
+    it (the namespace is freed once nothing uses it), so there is nothing to clean up."""
+
+    def __init__(self, netns: str, preset: str) -> None:
+        super().__init__(f"network namespace {netns!r} was deleted while the {preset} rules "
+                         f"were installed in it; they went with it (nothing to clean up)")
+        self.netns = netns
+
+
+def _netns_identity(netns: str | None) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the named namespace: another namespace under the same name later
+    is not the one our rules are in."""
+    if netns is None:
+        return None
+    try:
+        st = os.stat(netns_path(netns))
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class InstalledRules:
@@ -127,6 +161,7 @@ class InstalledRules:
         self.backend = backend
         self.netns = netns
         self._state = state
+        self._netns_id = _netns_identity(netns)
         self._pid = os.getpid()
         self._lock = threading.RLock()
         self._removed = False
@@ -155,17 +190,33 @@ class InstalledRules:
         return IptablesBackend(self.backend).render(self.ruleset, action)
 
     def remove(self) -> None:
-        """Delete the rules. Idempotent; a no-op in a forked child (the parent owns them)."""
+        """Delete the rules. Idempotent; a no-op in a forked child (the parent owns them).
+        :class:`NetnsGoneError` (once) when their namespace was deleted meanwhile."""
         with self._lock:
             if self._removed or os.getpid() != self._pid:
                 return
-            if self.backend == "nft":
-                assert self._state is not None
-                NftBackend().remove(self._state)
-            else:
-                IptablesBackend(self.backend).remove(self.ruleset, self.netns)
+            gone = self.netns is not None and _netns_identity(self.netns) != self._netns_id
+            try:
+                if self.owner_table or not gone:
+                    self._delete()
+            except BaseException:
+                # an owner table is gone once its socket is closed, whatever the delete said
+                if self.owner_table:
+                    self._removed = True
+                    _unregister(self)
+                raise
             self._removed = True
         _unregister(self)
+        if gone and not self.owner_table:
+            assert self.netns is not None
+            raise NetnsGoneError(self.netns, self.preset)
+
+    def _delete(self) -> None:
+        if self.backend == "nft":
+            assert self._state is not None
+            NftBackend().remove(self._state)  # an owner table through its socket: no name
+        else:
+            IptablesBackend(self.backend).remove(self.ruleset, self.netns)
 
     def __enter__(self) -> InstalledRules:
         return self
@@ -189,10 +240,11 @@ def install(preset: Union[str, RuleSet], *, backend: str | None = None,
     ``backend``: ``nft``, ``iptables``, ``iptables-nft``, ``iptables-legacy`` or None
     (:func:`choose_backend`). ``netns``: a named namespace (``ip netns``) to install in.
     ``nft_owner``: for ``nft``, require (True) or avoid (False) the owner flag; None uses it
-    when available. ``handle_signals``: install the SIGINT/SIGTERM handlers (main thread
-    only). ``persistent``: rules that outlive this process (for ``ipsec-nflog rules
-    install``): tag ``keep-<random>``, no owner flag, no signal/atexit removal, never
-    removed by :func:`cleanup` without ``force``; remove them with :func:`remove`.
+    when available. ``handle_signals``: install the SIGINT/SIGTERM/SIGHUP handlers (main
+    thread only; not while a :class:`ipsec_nflog.signals.StopSignals` owns them).
+    ``persistent``: rules that outlive this process (for ``ipsec-nflog rules install``):
+    tag ``keep-<random>``, no owner flag, no signal/atexit removal, never removed by
+    :func:`cleanup` without ``force``; remove them with :func:`remove`.
     ``options``: see :func:`ipsec_nflog.rules.presets.build` (``group`` required).
     """
     _validate_backend(backend)
@@ -207,17 +259,29 @@ def install(preset: Union[str, RuleSet], *, backend: str | None = None,
     if netns is not None:
         os.close(open_netns(validate_netns_name(netns)))
     name = backend or choose_backend(rs)
-    with _lock:
-        if name == "nft":
-            state: NftInstallation | None = NftBackend(nft_owner).install(rs, netns)
-        else:
-            if nft_owner:
-                raise ValueError("nft_owner applies to the nft backend only")
-            IptablesBackend(name).install(rs, netns)
-            state = None
-        handle = InstalledRules(rs, name, netns, state)
-        if not persistent:
-            _register(handle, handle_signals)
+    if nft_owner and name != "nft":
+        raise ValueError("nft_owner applies to the nft backend only")
+    global _installing
+    try:
+        with _lock, held():  # no signal between "installed" and "registered for removal"
+            if not persistent and handle_signals:
+                _hook_signals()  # before installing: a signal must not find SIG_DFL meanwhile
+            _installing += 1
+            try:
+                if name == "nft":
+                    state: NftInstallation | None = NftBackend(nft_owner).install(rs, netns)
+                else:
+                    IptablesBackend(name).install(rs, netns)
+                    state = None
+                handle = InstalledRules(rs, name, netns, state)
+                if not persistent:
+                    _register(handle)
+            finally:
+                _installing -= 1
+                if not _active:
+                    _restore_handlers()
+    finally:
+        _replay_deferred()  # also after a failed install: no signal is lost
     return handle
 
 
@@ -243,25 +307,38 @@ def active() -> list[InstalledRules]:
 # -- signals and atexit --------------------------------------------------------------------
 
 
-def _register(h: InstalledRules, handle_signals: bool) -> None:
+def _register(h: InstalledRules) -> None:
     global _atexit_done
     with _lock:
         _active[id(h)] = h
         if not _atexit_done:
             atexit.register(_remove_all, "exit")
             _atexit_done = True
-        if handle_signals and threading.current_thread() is threading.main_thread():
-            for sig in SIGNALS:
-                if sig in _previous:
-                    continue
-                current = signal.getsignal(sig)
-                if current is _on_signal:
-                    continue
-                try:
-                    signal.signal(sig, _on_signal)
-                except (ValueError, OSError):  # pragma: no cover - not the main interpreter
-                    continue
-                _previous[sig] = current
+
+
+def _hook_signals() -> None:
+    """Our handler for each stop signal, unless another owner has them (the capture's
+    StopSignals), we are not the main thread, or the signal is ignored (then it ends
+    nothing, and removing the rules would leave the process running without them)."""
+    if signal_owner() is not None or threading.current_thread() is not threading.main_thread():
+        return
+    for sig in SIGNALS:
+        if sig in _previous:
+            continue
+        current = signal.getsignal(sig)
+        if current is _on_signal or current == signal.SIG_IGN:
+            continue
+        try:
+            signal.signal(sig, _on_signal)
+        except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+            continue
+        _previous[sig] = current
+
+
+def _replay_deferred() -> None:
+    """Deliver the signals that arrived while an installation was under way."""
+    while not _installing and _deferred:
+        signal.raise_signal(_deferred.pop(0))
 
 
 def _unregister(h: InstalledRules) -> None:
@@ -275,11 +352,12 @@ def _restore_handlers() -> None:
     if threading.current_thread() is not threading.main_thread():
         return  # our handler stays; with nothing active it only chains
     for sig, prev in list(_previous.items()):
-        if signal.getsignal(sig) is _on_signal:
-            try:
-                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
-            except (ValueError, OSError):  # pragma: no cover
-                continue
+        if signal.getsignal(sig) is not _on_signal:
+            continue  # someone else's now (e.g. StopSignals, which will put ours back)
+        try:
+            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+        except (ValueError, OSError):  # pragma: no cover
+            continue
         del _previous[sig]
 
 
@@ -289,21 +367,24 @@ def _remove_all(why: str) -> None:
             continue
         try:
             h.remove()
+        except NetnsGoneError as e:
+            print(f"ipsec_nflog: {e}", file=sys.stderr)
         except Exception as e:
             print(f"ipsec_nflog: could not remove rules {h.tag} on {why}: {e}; run "
                   f"'ipsec-nflog rules cleanup' (ipsec_nflog.rules.cleanup())", file=sys.stderr)
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    prev = _previous.get(signum, signal.SIG_DFL)
+    if _installing:
+        _deferred.append(signum)  # install() delivers it again once the handle is registered
+        return
+    prev = _previous.get(signum, signal.SIG_DFL)  # never SIG_IGN: see _hook_signals
     _remove_all(signal.Signals(signum).name)
     with _lock:
         if not _active:
             _restore_handlers()
     if callable(prev):
         prev(signum, frame)  # e.g. default_int_handler raises KeyboardInterrupt
-        return
-    if prev == signal.SIG_IGN:
         return
     # SIG_DFL (or a handler set from C): die from the signal, as without us
     signal.signal(signum, signal.SIG_DFL)

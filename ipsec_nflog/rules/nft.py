@@ -355,7 +355,9 @@ class NftBackend:
         script = delete_script(inst.rs)
         if inst.ctx is not None:
             try:
-                rc, _out, err = inst.ctx.run(script)
+                # the socket talks to the namespace it was made in, even once its name is
+                # deleted: no need to enter it (by a name that may be gone)
+                rc, _out, err = inst.ctx.run(script, pin_netns=False)
                 if rc != 0 and "No such file or directory" not in err:
                     raise diagnose_nft(err, script, "remove")
             finally:
