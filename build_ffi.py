@@ -1,8 +1,9 @@
 """cffi build script (API mode, out of line) for ipsec_nflog's C core.
 
-The cdef is read from ipsec_nflog/_csrc/nflog_core.h, the header the C code compiles
-against, so the two cannot drift; the implementation lives in ipsec_nflog/_csrc/*.c and links
-against the system libnetfilter_log and libmnl.
+The cdef is read from ipsec_nflog/capture/_csrc/nflog_core.h, the header the C code
+compiles against, so the two cannot drift; the implementation lives in
+ipsec_nflog/capture/_csrc/*.c and links against the system libnetfilter_log, libmnl and
+libpcap.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CSRC = os.path.join("ipsec_nflog", "_csrc")
+CSRC = os.path.join("ipsec_nflog", "capture", "_csrc")
 
 HEADER = os.path.join(CSRC, "nflog_core.h")
 SOURCES = ("socket.c", "reader.c", "ring.c", "record.c", "filter.c")
@@ -65,7 +66,7 @@ def make_ffi() -> FFI:
     cflags = _pkgconfig("--cflags")
     libs = _pkgconfig("--libs")
     ffi.set_source(
-        "ipsec_nflog._nflog_cffi",
+        "ipsec_nflog.capture._nflog_cffi",
         '#include "nflog_core.h"',
         sources=[os.path.join(CSRC, f) for f in SOURCES],
         include_dirs=[CSRC],

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import dpkt
 
-from ipsec_nflog.pcapfile import open_writer
+from ipsec_nflog.files.writer import open_writer
 
 _REC = struct.Struct("=IIII")
 

@@ -4,7 +4,7 @@
     python benchmarks/consumers.py iter  --group N --out FILE
 
 ``batch``: the batch API. ``Capture.read_batch()`` runs are written to a LINKTYPE_NFLOG pcap
-file unchanged with the library's writer (``ipsec_nflog.pcapfile.open_writer(path, "pcap")``,
+file unchanged with the library's writer (``ipsec_nflog.files.writer.open_writer(path, "pcap")``,
 its defaults: one writev per batch, fdatasync every second), the way a capture tool would;
 without pcapfile, with a plain ``file.write(batch.data)``.
 
@@ -33,7 +33,7 @@ _REC = struct.Struct("=IIII")  # host byte order, like the ring records
 
 
 class RawPcap:
-    """Fallback writer when ipsec_nflog.pcapfile is missing: a 24-byte pcap header in host
+    """Fallback writer when ipsec_nflog.files.writer is missing: a 24-byte pcap header in host
     byte order, then the ring records unchanged (they are pcap records already)."""
 
     def __init__(self, path: str) -> None:
@@ -50,16 +50,16 @@ class RawPcap:
 
 def open_pcap(path: str, flush_interval: str = "default") -> tuple[Any, str]:
     """(writer, what) with ``write_records(buf, count)`` and ``close()``: the library's pcap
-    writer (ipsec_nflog.pcapfile, with its defaults) when it exists, else RawPcap.
+    writer (ipsec_nflog.files.writer, with its defaults) when it exists, else RawPcap.
     ``flush_interval``: "default", "none" (never fdatasync) or seconds."""
     try:
-        from ipsec_nflog.pcapfile import open_writer
+        from ipsec_nflog.files.writer import open_writer
     except ImportError:
         return RawPcap(path), "raw-fallback"
     kw: dict[str, Any] = {}
     if flush_interval != "default":
         kw["flush_interval"] = None if flush_interval == "none" else float(flush_interval)
-    what = "ipsec_nflog.pcapfile" + (f" flush_interval={flush_interval}" if kw else "")
+    what = "ipsec_nflog.files.writer" + (f" flush_interval={flush_interval}" if kw else "")
     return open_writer(path, "pcap", overwrite=True, **kw), what
 
 

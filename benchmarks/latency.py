@@ -23,7 +23,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from ipsec_nflog import Capture, CaptureConfig
-from ipsec_nflog.netns import create_netns, delete_netns, run_cmd, run_in_netns
+from ipsec_nflog.system.netns import create_netns, delete_netns, run_cmd, run_in_netns
 
 GROUP, PORT = 33, 9333
 

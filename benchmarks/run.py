@@ -652,7 +652,7 @@ def probe_tools(tools: list[Tool], bins: dict[str, str], build_errors: dict[str,
         elif t.probe == "capture":
             if capture_ok is None:
                 r = subprocess.run([python, "-c", "import ipsec_nflog; ipsec_nflog.Capture; "
-                                    "import ipsec_nflog._native"],
+                                    "import ipsec_nflog.capture._native"],
                                    capture_output=True, text=True, cwd=ROOT)
                 capture_ok = "" if r.returncode == 0 else (
                     f"ipsec_nflog.Capture is not usable with {python}: "

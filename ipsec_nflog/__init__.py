@@ -1,21 +1,48 @@
 """ipsec_nflog: native Linux NFLOG capture for IPsec debugging.
 
 ``import ipsec_nflog`` works without root and without the compiled core; ``Capture`` needs
-the core (built by ``pip install .``) and CAP_NET_ADMIN.
+the core (built by ``pip install .``) and CAP_NET_ADMIN. The layers, each a package:
+``capture`` (the C core and its binding), ``nflog`` (the record format), ``files``,
+``ipsec`` (keys, decryption), ``rules``, ``system`` (namespaces, /proc, signals), ``cli``.
+
+Names load on first use, so the ``ipsec-nflog`` command starts (and takes its signals)
+before anything heavy is imported.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
-from .config import CaptureConfig
-from .errors import GroupBusyError, LibraryMissingError, NflogError, NflogPermissionError
-from .packet import Packet, ParseError, iter_records, parse_nflog
-from .stats import CaptureStats, GroupStats
+from ipsec_nflog._version import __version__
 
 if TYPE_CHECKING:
-    from .capture import Batch, Capture
+    from ipsec_nflog.capture.config import CaptureConfig
+    from ipsec_nflog.capture.live import Batch, Capture
+    from ipsec_nflog.capture.stats import CaptureStats, GroupStats
+    from ipsec_nflog.errors import (
+        GroupBusyError,
+        LibraryMissingError,
+        NflogError,
+        NflogPermissionError,
+    )
+    from ipsec_nflog.nflog.packet import Packet, ParseError, iter_records, parse_nflog
+
+_HOMES = {
+    "Batch": "ipsec_nflog.capture.live",
+    "Capture": "ipsec_nflog.capture.live",
+    "CaptureConfig": "ipsec_nflog.capture.config",
+    "CaptureStats": "ipsec_nflog.capture.stats",
+    "GroupStats": "ipsec_nflog.capture.stats",
+    "GroupBusyError": "ipsec_nflog.errors",
+    "LibraryMissingError": "ipsec_nflog.errors",
+    "NflogError": "ipsec_nflog.errors",
+    "NflogPermissionError": "ipsec_nflog.errors",
+    "Packet": "ipsec_nflog.nflog.packet",
+    "ParseError": "ipsec_nflog.nflog.packet",
+    "iter_records": "ipsec_nflog.nflog.packet",
+    "parse_nflog": "ipsec_nflog.nflog.packet",
+}
 
 __all__ = [
     "Batch",
@@ -36,9 +63,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # capture.py is light, but keep the import lazy so the pure modules load first.
-    if name in ("Capture", "Batch"):
-        from . import capture
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'ipsec_nflog' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
 
-        return getattr(capture, name)
-    raise AttributeError(f"module 'ipsec_nflog' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

@@ -65,7 +65,7 @@ def raise_for_errno(
     if group is not None and code in (errno.EPERM, errno.EBUSY):
         # The kernel answers EPERM both for a missing capability and for a group that
         # another socket owns; the proc table tells them apart.
-        from .procinfo import find_group_holder
+        from ipsec_nflog.system.procinfo import find_group_holder
 
         holder = find_group_holder(group, netns)
         if holder is not None or code == errno.EBUSY:

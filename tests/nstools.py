@@ -12,7 +12,7 @@ import socket
 import subprocess
 from collections.abc import Sequence
 
-from ipsec_nflog.netns import create_netns, delete_netns, run_cmd, run_in_netns
+from ipsec_nflog.system.netns import create_netns, delete_netns, run_cmd, run_in_netns
 
 _counter = itertools.count()
 

@@ -23,7 +23,7 @@ The inner (tunnelled) addresses live on ``lo`` of each namespace; the traffic se
 those /32s, so a ``ping -I <inner>`` goes through the tunnel and IKE (outer addresses) does not.
 
 Logging is ``ike 4`` + ``chd 4`` (plus ``cfg 2`` for the selected proposals), which is what
-:mod:`ipsec_nflog.keys` needs to extract Wireshark keys. These are throwaway test keys.
+:mod:`ipsec_nflog.ipsec.keys` needs to extract Wireshark keys. These are throwaway test keys.
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ def test_loadgen_count_mode_and_cref_capture_exactly(netns: str, bins: dict[str,
     assert claim["enobufs"] == 0 and claim["truncated"] == 0
 
     # Every record is our UDP datagram: an NFLOG body whose payload is IPv4/UDP to PORT.
-    from ipsec_nflog.packet import iter_records
+    from ipsec_nflog.nflog.packet import iter_records
 
     data = out.read_bytes()[24:]
     pkts = list(iter_records(data))

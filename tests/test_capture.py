@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ipsec_nflog import Capture, GroupBusyError
-from ipsec_nflog.config import recv_buffer_size
+from ipsec_nflog.capture.config import recv_buffer_size
 from tests import nstools
 from tests.conftest import VethPair, require_tool
 
@@ -134,7 +134,7 @@ def test_group_busy_names_tcpdump(netns: str) -> None:
     proc = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-i", "nflog:40", "-w",
                              "/dev/null"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        from ipsec_nflog.procinfo import group_bindings
+        from ipsec_nflog.system.procinfo import group_bindings
 
         deadline = time.monotonic() + 10
         while not any(b.group == 40 for b in group_bindings(netns)):
@@ -171,7 +171,7 @@ def test_netns_option_leaves_caller_namespace_alone(netns: str) -> None:
     mine = os.readlink("/proc/thread-self/ns/net")
     with Capture(groups=[42], netns=netns):
         assert os.readlink("/proc/thread-self/ns/net") == mine
-        from ipsec_nflog.procinfo import group_bindings
+        from ipsec_nflog.system.procinfo import group_bindings
 
         assert any(b.group == 42 for b in group_bindings(netns))
         assert not any(b.group == 42 and b.pid == os.getpid() for b in group_bindings(None))
@@ -356,7 +356,7 @@ def test_async_packets_let_other_tasks_run(netns: str) -> None:
 
 
 def test_drain_into_writes_what_the_ring_holds(netns: str, tmp_path: Path) -> None:
-    from ipsec_nflog.pcapfile import open_writer, read_capture
+    from ipsec_nflog.files.writer import open_writer, read_capture
 
     nflog_rule(netns, "OUTPUT", 6800, 51, prefix="drain")
     with Capture(groups=[51], netns=netns) as cap:

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from ipsec_nflog import Capture, NflogError
-from ipsec_nflog.config import FLUSH_TIMEOUT_MAX, CaptureConfig, recv_buffer_size
+from ipsec_nflog.capture.config import FLUSH_TIMEOUT_MAX, CaptureConfig, recv_buffer_size
 from ipsec_nflog.errors import GroupBusyError, raise_for_errno
 from tests.test_capture import nflog_rule, send_udp, wait_received
 
@@ -73,7 +73,7 @@ def test_fuzzing_batches_never_crashes_and_delivery_stays_exact(netns: str) -> N
     code = f"""
         import random, struct, threading
         from ipsec_nflog import Capture
-        from ipsec_nflog._native import ffi
+        from ipsec_nflog.capture._native import ffi
         from tests.test_capture import nflog_rule, send_udp
         ns = {netns!r}
         groups = [63, 64, 65]
@@ -172,7 +172,7 @@ def test_a_forked_child_does_not_stop_the_parents_capture(netns: str) -> None:
 
 @pytest.mark.privileged
 def test_a_held_export_or_a_second_thread_leaves_the_capture_usable(netns: str) -> None:
-    from ipsec_nflog._native import ffi
+    from ipsec_nflog.capture._native import ffi
 
     nflog_rule(netns, "OUTPUT", 7301, 67)
     with Capture(groups=[67], netns=netns, qthreshold=1) as cap:
@@ -277,8 +277,8 @@ def test_config_accepts_the_smallest_ring() -> None:
 
 
 def test_shared_constants_match_the_compiled_core() -> None:
-    from ipsec_nflog import config
-    from ipsec_nflog._native import lib
+    from ipsec_nflog.capture import config
+    from ipsec_nflog.capture._native import lib
 
     assert (config.NLBUFSIZ_MIN, config.NLBUFSIZ_MAX, config.MAX_GROUPS) == (
         lib.NFC_NLBUFSIZ_MIN, lib.NFC_NLBUFSIZ_MAX, lib.NFC_MAX_GROUPS)

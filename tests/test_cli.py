@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ipsec_nflog.pcapfile import read_capture
-from ipsec_nflog.procinfo import group_bindings
+from ipsec_nflog.files.writer import read_capture
+from ipsec_nflog.system.procinfo import group_bindings
 from tests import nstools
 from tests.conftest import require_tool
 
@@ -326,7 +326,7 @@ def test_python_dash_m_works() -> None:
 def test_write_to_stdout_pipes_a_pcap(netns: str) -> None:
     import io
 
-    from ipsec_nflog.pcapfile import CaptureReader
+    from ipsec_nflog.files.writer import CaptureReader
 
     add_nflog(netns, 7800, 59, prefix="piped")
     proc = subprocess.Popen(argv("capture", "--netns", netns, "-g", "59", "-w", "-", "-c",

@@ -63,7 +63,7 @@ def test_build_without_libnetfilter_log_says_what_to_install(tmp_path: object) -
 def test_missing_compiled_core_says_what_to_do() -> None:
     code = (
         "import sys\n"
-        "sys.modules['ipsec_nflog._nflog_cffi'] = None  # as if the build never ran\n"
+        "sys.modules['ipsec_nflog.capture._nflog_cffi'] = None  # as if the build never ran\n"
         "import ipsec_nflog\n"
         "try:\n"
         "    ipsec_nflog.Capture(groups=[1])\n"

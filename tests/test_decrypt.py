@@ -1,4 +1,4 @@
-"""ipsec_nflog.decrypt: our own ESP decryption, unprivileged and fast.
+"""ipsec_nflog.ipsec.decrypt: our own ESP decryption, unprivileged and fast.
 
 Real material: keys_{cbc,gcm}_tunnel.pcap (our captures of strongSwan kernel-libipsec tunnels,
 ESP-in-UDP on 4500, 3 pings 10.201.0.1 -> 10.202.0.1, see tests/strongswan.py) with the
@@ -23,9 +23,10 @@ import dpkt
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ipsec_nflog import decrypt, keys, pcapfile
-from ipsec_nflog.decrypt import EspDecryptor, UnsupportedSaError
-from ipsec_nflog.keys import EspSa
+from ipsec_nflog.files import writer as pcapfile
+from ipsec_nflog.ipsec import decrypt, keys
+from ipsec_nflog.ipsec.decrypt import EspDecryptor, UnsupportedSaError
+from ipsec_nflog.ipsec.keys import EspSa
 from tests.conftest import require_tool
 
 FIX = Path(__file__).parent / "fixtures"

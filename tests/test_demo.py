@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ipsec_nflog.demo import run_demo
-from ipsec_nflog.pcapfile import read_capture
+from ipsec_nflog.cli.demo import run_demo
+from ipsec_nflog.files.writer import read_capture
 
 
 @pytest.mark.privileged

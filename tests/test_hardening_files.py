@@ -19,11 +19,8 @@ from typing import IO
 
 import pytest
 
-from ipsec_nflog import decrypt, keys
-from ipsec_nflog.cli import build_parser
-from ipsec_nflog.packet import parse_nflog
-from ipsec_nflog.pcapfile import CaptureWriteError, open_writer, read_capture
-from ipsec_nflog.pcapformat import (
+from ipsec_nflog.cli.main import build_parser
+from ipsec_nflog.files.format import (
     BLOCK_EPB,
     BLOCK_IDB,
     BLOCK_SHB,
@@ -34,7 +31,10 @@ from ipsec_nflog.pcapformat import (
     encode_block,
     encode_options,
 )
-from ipsec_nflog.summary import printable, summarize
+from ipsec_nflog.files.writer import CaptureWriteError, open_writer, read_capture
+from ipsec_nflog.ipsec import decrypt, keys
+from ipsec_nflog.nflog.packet import parse_nflog
+from ipsec_nflog.nflog.summary import printable, summarize
 from tests.test_cli import add_nflog, argv, finish, send_udp, start, wait_bound
 from tests.test_pcapfile import ipv4_udp, nflog_body, record, sample_records
 

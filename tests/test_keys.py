@@ -1,6 +1,6 @@
-"""ipsec_nflog.keys from committed fixtures (no root): real charon logs (ike 4 / chd 4) of both
-peers, real ``ip xfrm state`` dumps from the VM tier, and real NFLOG captures of the tunnels,
-which tshark must decrypt with the extracted keys.
+"""ipsec_nflog.ipsec.keys from committed fixtures (no root): real charon logs (ike 4 /
+chd 4) of both peers, real ``ip xfrm state`` dumps from the VM tier, and real NFLOG captures
+of the tunnels, which tshark must decrypt with the extracted keys.
 
 Fixtures (throwaway test keys):
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from ipsec_nflog import keys
-from ipsec_nflog.keys import EspSa, IkeSa, KeyExtractionError
+from ipsec_nflog.ipsec import keys
+from ipsec_nflog.ipsec.keys import EspSa, IkeSa, KeyExtractionError
 
 FIX = Path(__file__).parent / "fixtures"
 

@@ -11,7 +11,7 @@ import struct
 import dpkt
 import pytest
 
-from ipsec_nflog.packet import NFULA, Packet, ParseError, orig_len_from_payload, parse_nflog
+from ipsec_nflog.nflog.packet import NFULA, Packet, ParseError, orig_len_from_payload, parse_nflog
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 MANIFEST = json.load(open(os.path.join(FIX, "nflog_fixtures.json")))

@@ -18,8 +18,8 @@ from typing import Any, Callable
 import dpkt
 import pytest
 
-from ipsec_nflog.packet import NFULA, Packet, iter_records
-from ipsec_nflog.pcapfile import (
+from ipsec_nflog.files.format import encode_block, encode_options
+from ipsec_nflog.files.writer import (
     SYNTHESIZED_COMMENT,
     CaptureFileError,
     CaptureReader,
@@ -31,7 +31,7 @@ from ipsec_nflog.pcapfile import (
     open_writer,
     read_capture,
 )
-from ipsec_nflog.pcapformat import encode_block, encode_options
+from ipsec_nflog.nflog.packet import NFULA, Packet, iter_records
 from tests.conftest import require_tool
 
 HOST = "<" if struct.pack("=H", 1) == b"\x01\x00" else ">"

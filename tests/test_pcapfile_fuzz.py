@@ -14,9 +14,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipsec_nflog.packet import Packet
-from ipsec_nflog.pcapfile import CaptureFileError, CaptureReader, FilePacket, open_writer
-from ipsec_nflog.pcapformat import encode_block
+from ipsec_nflog.files.format import encode_block
+from ipsec_nflog.files.writer import CaptureFileError, CaptureReader, FilePacket, open_writer
+from ipsec_nflog.nflog.packet import Packet
 from tests.test_pcapfile import (
     OTHER,
     idb,

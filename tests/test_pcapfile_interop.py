@@ -23,7 +23,7 @@ import dpkt
 import pytest
 
 from ipsec_nflog import Capture, Packet
-from ipsec_nflog.pcapfile import CaptureReader, CaptureWriter, open_writer, read_capture
+from ipsec_nflog.files.writer import CaptureReader, CaptureWriter, open_writer, read_capture
 from tests import nstools
 from tests.conftest import require_tool
 

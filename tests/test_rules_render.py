@@ -592,8 +592,8 @@ def test_parse_save_finds_only_our_comments() -> None:
 def test_rules_package_never_imports_the_compiled_core() -> None:
     code = ("import sys, ipsec_nflog.rules as r; r.render('all', 'nft', group=1); "
             "r.render('all', 'iptables', group=1); "
-            "assert 'ipsec_nflog._nflog_cffi' not in sys.modules, 'core imported'; "
-            "assert 'ipsec_nflog._native' not in sys.modules, 'binding imported'")
+            "assert 'ipsec_nflog.capture._nflog_cffi' not in sys.modules, 'core imported'; "
+            "assert 'ipsec_nflog.capture._native' not in sys.modules, 'binding imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 

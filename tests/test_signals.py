@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from ipsec_nflog import rules, signals
-from ipsec_nflog.pcapfile import read_capture
-from ipsec_nflog.procinfo import group_bindings
+from ipsec_nflog import rules
+from ipsec_nflog.files.writer import read_capture
 from ipsec_nflog.rules import _run
+from ipsec_nflog.system import signals
+from ipsec_nflog.system.procinfo import group_bindings
 from tests import nstools
 from tests.conftest import require_tool
 from tests.test_cli import argv, our_rules
@@ -301,7 +302,7 @@ if sys.argv[2] == "library":
     rules.install("all", backend="iptables-nft", netns=sys.argv[3], group=77)
     print("the signal was lost", flush=True)
 else:
-    from ipsec_nflog import cli
+    from ipsec_nflog.cli import main as cli
     sys.exit(cli.main(sys.argv[3:]))
 """
 
@@ -382,7 +383,7 @@ def test_z_child_dies_with_a_killed_parent(ns: str, tmp_path: Path, backend: str
 
 SIGINT_AT = r"""
 import os, signal, sys, threading
-from ipsec_nflog import cli
+from ipsec_nflog.cli import main as cli
 delay = float(sys.argv[1])
 if delay < 0:  # a Ctrl-C as main() starts building its parser
     real = cli.build_parser

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from ipsec_nflog import rules, signals
+from ipsec_nflog import rules
+from ipsec_nflog.system import signals
 from tests.test_signals import EXIT_WITHIN, ROOT, alive, ruleset, with_foreign_rules
 
 
@@ -93,7 +94,7 @@ def test_forked_child_does_not_keep_an_nft_owner_table(ns: str) -> None:
 
 OWNER = r"""
 import os, signal, sys, time
-from ipsec_nflog import signals
+from ipsec_nflog.system import signals
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background job
 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
 with signals.StopSignals() as stop:
@@ -134,7 +135,7 @@ def test_stop_signals() -> None:
 
 PDEATHSIG = r"""
 import os, signal, sys, time
-from ipsec_nflog import signals
+from ipsec_nflog.system import signals
 r, w = os.pipe()
 pid = os.fork()
 if pid == 0:  # the grandchild: dies when its parent does
@@ -164,7 +165,7 @@ def test_die_with_parent() -> None:
         if alive(grandchild):
             os.kill(grandchild, signal.SIGKILL)
     early = subprocess.run([sys.executable, "-c",
-                            "import os, time; from ipsec_nflog import signals; "
+                            "import os, time; from ipsec_nflog.system import signals; "
                             "signals.die_with_parent(os.getppid() + 1); time.sleep(5)"],
                            timeout=30, cwd=ROOT)
     assert early.returncode == -signal.SIGTERM  # already reparented: the signal comes at once

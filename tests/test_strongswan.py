@@ -3,7 +3,7 @@
 One IKE_SA + CHILD_SA is negotiated between two namespaces while our Capture, fed by the
 ``ike-esp-in``, ``ike-esp-out`` and ``libipsec`` rule sets (one NFLOG group each), records
 the initiator's view. The tests then check that capture packet by packet, and that the keys
-:mod:`ipsec_nflog.keys` extracts from the charon logs let tshark decrypt every ESP packet and
+:mod:`ipsec_nflog.ipsec.keys` extracts from the charon logs let tshark decrypt every ESP packet and
 the encrypted IKE exchanges of our own capture file, with good ICVs.
 """
 
@@ -93,7 +93,7 @@ def tunnel_capture(strongswan_peers: StrongswanPair,
     from ipsec_nflog import Capture
 
     try:
-        from ipsec_nflog.pcapfile import open_writer
+        from ipsec_nflog.files.writer import open_writer
     except ImportError:  # pragma: no cover - before the writer landed
         open_writer = None  # type: ignore[assignment]
 
@@ -221,7 +221,7 @@ def _tshark(pcap: Path, opts: list[str], fields: list[str]) -> list[list[str]]:
 def test_keys_from_charon_logs_let_tshark_decrypt_our_capture(
         tunnel_capture: TunnelCapture, tmp_path: Path) -> None:
     require_tool("tshark", "tshark")
-    from ipsec_nflog import keys
+    from ipsec_nflog.ipsec import keys
 
     tc = tunnel_capture
     found = [keys.parse_charon_log(p.log.read_text(errors="replace")) for p in tc.pair.peers()]

@@ -23,9 +23,9 @@ Pure Python: this package never imports the compiled capture core.
 
 from __future__ import annotations
 
-from .errors import KernelSupportError, RulesError, ToolMissingError
-from .iptables import IptablesBackend, TaggedRule
-from .lifecycle import (
+from ipsec_nflog.rules.errors import KernelSupportError, RulesError, ToolMissingError
+from ipsec_nflog.rules.iptables import IptablesBackend, TaggedRule
+from ipsec_nflog.rules.lifecycle import (
     BACKENDS,
     InstalledRules,
     Leftover,
@@ -39,9 +39,16 @@ from .lifecycle import (
     render,
     show,
 )
-from .model import COMMENT_PREFIX, PolicyElement, Rule, RuleSet, new_owner_tag, parse_owner_tag
-from .nft import NftBackend, NftTable
-from .presets import PRESETS, build, preset_names
+from ipsec_nflog.rules.model import (
+    COMMENT_PREFIX,
+    PolicyElement,
+    Rule,
+    RuleSet,
+    new_owner_tag,
+    parse_owner_tag,
+)
+from ipsec_nflog.rules.nft import NftBackend, NftTable
+from ipsec_nflog.rules.presets import PRESETS, build, preset_names
 
 __all__ = [
     "BACKENDS",

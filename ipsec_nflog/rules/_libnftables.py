@@ -23,8 +23,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..netns import run_in_netns
-from .errors import RulesError, ToolMissingError
+from ipsec_nflog.rules.errors import RulesError, ToolMissingError
+from ipsec_nflog.system.netns import run_in_netns
 
 __all__ = ["LIBNAME", "NftContext", "libnftables_available"]
 

@@ -9,8 +9,8 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
-from ..netns import open_netns, run_in_netns
-from .errors import RulesError, ToolMissingError
+from ipsec_nflog.rules.errors import RulesError, ToolMissingError
+from ipsec_nflog.system.netns import open_netns, run_in_netns
 
 __all__ = ["EXTRA_PATH", "PACKAGES", "find_tool", "run", "tool_available"]
 

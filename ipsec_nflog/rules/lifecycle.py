@@ -6,7 +6,7 @@
   remove every active rule set, then chain to the previous handler (the default action is
   re-raised: the exit status still says "killed by SIGTERM"); ``atexit`` removes what is
   left at exit. An ignored signal gets no handler: it ends nothing, so the rules stay. While
-  a :class:`ipsec_nflog.signals.StopSignals` owns the signals (``capture``), none is
+  a :class:`ipsec_nflog.system.signals.StopSignals` owns the signals (``capture``), none is
   installed: a signal only asks the owner to stop, and the owner removes the rules.
 - Signals cannot cut install-and-register in two: the handlers go in first, the stop
   signals are blocked in the installing thread, and one that still reaches a handler waits
@@ -29,15 +29,21 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any, Literal, Union
 
-from ..netns import netns_path, open_netns, validate_netns_name
-from ..signals import STOP_SIGNALS, held
-from ..signals import active as signal_owner
-from . import _run
-from .errors import RulesError, ToolMissingError
-from .iptables import IPTABLES_BACKENDS, IptablesBackend, TaggedRule, owner_dead
-from .model import RuleSet, new_persistent_tag, validate_tag
-from .nft import NftBackend, NftInstallation, NftTable, nft_unsupported, table_owner_dead
-from .presets import build
+from ipsec_nflog.rules import _run
+from ipsec_nflog.rules.errors import RulesError, ToolMissingError
+from ipsec_nflog.rules.iptables import IPTABLES_BACKENDS, IptablesBackend, TaggedRule, owner_dead
+from ipsec_nflog.rules.model import RuleSet, new_persistent_tag, validate_tag
+from ipsec_nflog.rules.nft import (
+    NftBackend,
+    NftInstallation,
+    NftTable,
+    nft_unsupported,
+    table_owner_dead,
+)
+from ipsec_nflog.rules.presets import build
+from ipsec_nflog.system.netns import netns_path, open_netns, validate_netns_name
+from ipsec_nflog.system.signals import STOP_SIGNALS, held
+from ipsec_nflog.system.signals import active as signal_owner
 
 __all__ = [
     "BACKENDS",
@@ -241,7 +247,7 @@ def install(preset: Union[str, RuleSet], *, backend: str | None = None,
     (:func:`choose_backend`). ``netns``: a named namespace (``ip netns``) to install in.
     ``nft_owner``: for ``nft``, require (True) or avoid (False) the owner flag; None uses it
     when available. ``handle_signals``: install the SIGINT/SIGTERM/SIGHUP handlers (main
-    thread only; not while a :class:`ipsec_nflog.signals.StopSignals` owns them).
+    thread only; not while a :class:`ipsec_nflog.system.signals.StopSignals` owns them).
     ``persistent``: rules that outlive this process (for ``ipsec-nflog rules install``):
     tag ``keep-<random>``, no owner flag, no signal/atexit removal, never removed by
     :func:`cleanup` without ``force``; remove them with :func:`remove`.

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from ..validate import check_int, validate_group
+from ipsec_nflog.validate import check_int, validate_group
 
 __all__ = [
     "COMMENT_PREFIX",

@@ -36,10 +36,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from . import _run
-from ._libnftables import NftContext, libnftables_available
-from .errors import KernelSupportError, RulesError, ToolMissingError
-from .model import (
+from ipsec_nflog.rules import _run
+from ipsec_nflog.rules._libnftables import NftContext, libnftables_available
+from ipsec_nflog.rules.errors import KernelSupportError, RulesError, ToolMissingError
+from ipsec_nflog.rules.model import (
     COMMENT_PREFIX,
     AddrType,
     DPorts,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-from .model import (
+from ipsec_nflog.rules.model import (
     INGRESS_CHAINS,
     AddrType,
     DPorts,

@@ -26,7 +26,7 @@ VARIANTS = {
 
 def make(outdir: Path) -> None:
     from ipsec_nflog import Capture
-    from ipsec_nflog.pcapfile import open_writer
+    from ipsec_nflog.files.writer import open_writer
 
     outdir.mkdir(parents=True, exist_ok=True)
     for name, (ike, esp) in VARIANTS.items():

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from ipsec_nflog import Capture, keys
+from ipsec_nflog import Capture
+from ipsec_nflog.ipsec import keys
 from tests import nstools
 from tests.vm import nflog_rules
 from tests.vm.guest.conftest import Topo
@@ -236,7 +237,7 @@ def test_tshark_decrypts_our_kernel_esp_capture_with_xfrm_keys(topo: Topo,
                                                                tmp_path: Path) -> None:
     if not _which("tshark"):
         pytest.skip("needs tshark")
-    from ipsec_nflog.pcapfile import open_writer
+    from ipsec_nflog.files.writer import open_writer
 
     t = topo
     pcap = tmp_path / "kernel.pcap"

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from ipsec_nflog import Capture, keys
+from ipsec_nflog import Capture
+from ipsec_nflog.ipsec import keys
 from tests.strongswan import (
     IKE_AUTH,
     IKE_SA_INIT,
@@ -53,7 +54,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     if problem:
         pytest.fail(problem) if os.environ.get("IPSEC_NFLOG_REQUIRE_PRIVILEGED") == "1" \
             else pytest.skip(problem)
-    from ipsec_nflog.pcapfile import open_writer
+    from ipsec_nflog.files.writer import open_writer
 
     r = Run()
     r.pcap = tmp_path_factory.mktemp("swan") / "kernel-ike.pcap"

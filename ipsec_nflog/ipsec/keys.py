@@ -23,8 +23,8 @@ Logs (and ``esp_sa`` / ``ip xfrm state`` files) are streamed line by line, never
 counted in a warning), and a file with no line break in ``MAX_LOG_GAP`` bytes is not a text
 log (``/dev/zero``): reading it stops there with a warning. Memory stays bounded whatever the
 input. Keys and warnings printed on the command line go through
-:func:`ipsec_nflog.summary.printable` (a log is untrusted input), and output files are
-created without following planted links (:mod:`ipsec_nflog.outfile`).
+:func:`ipsec_nflog.nflog.summary.printable` (a log is untrusted input), and output files are
+created without following planted links (:mod:`ipsec_nflog.files.durable`).
 
 Limitations: IKEv1 is not handled; an IKE_SA created by an IKE rekeying has no logged SPIs
 (no NAT-D), so it is reported with the SPIs unknown and left out of the IKEv2 table.
@@ -47,7 +47,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Union
 
-from ipsec_nflog.outfile import create_output_file
+from ipsec_nflog.files.durable import create_output_file
 
 __all__ = [
     "EspSa",
@@ -817,7 +817,7 @@ def xfrm_state_argv(netns: str | None = None) -> list[str]:
 def read_xfrm_state(netns: str | None = None, *, timeout: float = 10) -> list[EspSa]:
     """Run ``ip [-n NETNS] xfrm state`` (needs CAP_NET_ADMIN) and parse it."""
     if netns is not None:
-        from ipsec_nflog.netns import validate_netns_name
+        from ipsec_nflog.system.netns import validate_netns_name
 
         validate_netns_name(netns)
     argv = xfrm_state_argv(netns)
@@ -849,7 +849,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
-    """``ipsec-nflog keys`` / ``python -m ipsec_nflog.keys``: argv, or parsed options."""
+    """``ipsec-nflog keys`` / ``python -m ipsec_nflog.ipsec.keys``: argv, or parsed options."""
     p = argparse.ArgumentParser(
         prog="ipsec-nflog keys",
         description="Extract IKEv2/ESP keys for Wireshark from charon logs (ike 4, chd 4) and "
@@ -897,7 +897,7 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
 
 def _say(line: str, stream: IO[str] | None = None) -> None:
     """Print one line made of untrusted strings (from a log), escaped for the terminal."""
-    from ipsec_nflog.summary import printable
+    from ipsec_nflog.nflog.summary import printable
 
     print(printable(line), file=stream or sys.stdout)
 

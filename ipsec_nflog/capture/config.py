@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Union
 
-from .netns import validate_netns_name
-from .validate import check_int, validate_group
+from ipsec_nflog.system.netns import validate_netns_name
+from ipsec_nflog.validate import check_int, validate_group
 
 __all__ = ["FLUSH_TIMEOUT_MAX", "KERNEL_SNAPLEN_MAX", "NLBUFSIZ_MAX", "NLBUFSIZ_MIN",
            "CaptureConfig", "recv_buffer_size"]

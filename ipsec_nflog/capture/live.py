@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from functools import lru_cache
 from typing import Any, Union
 
-from .config import CaptureConfig
-from .errors import raise_for_errno
-from .netns import open_netns, run_in_netns
-from .packet import IfnameResolver, Packet
-from .stats import CaptureStats, GroupStats
+from ipsec_nflog.capture.config import CaptureConfig
+from ipsec_nflog.capture.stats import CaptureStats, GroupStats
+from ipsec_nflog.errors import raise_for_errno
+from ipsec_nflog.nflog.packet import IfnameResolver, Packet
+from ipsec_nflog.system.netns import open_netns, run_in_netns
 
 __all__ = ["Batch", "Capture"]
 
@@ -131,7 +131,7 @@ class Capture:
         self._stopped = False
         self._ifname = _ifname_resolver(config.netns)
 
-        from ._native import ffi, lib  # the compiled core is needed from here on
+        from ipsec_nflog.capture._native import ffi, lib  # the compiled core is needed from here on
 
         self._ffi, self._lib = ffi, lib
         self._pid = os.getpid()  # a forked child must not touch the parent's capture

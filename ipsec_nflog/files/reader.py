@@ -5,7 +5,7 @@
 - pcapng: every section (byte order per SHB), several interfaces, EPB / SPB / obsolete PB,
   ``if_tsresol`` and ``if_tsoffset``; ISB counters are kept in ``Interface.statistics``;
   unknown blocks are skipped.
-- LINKTYPE_NFLOG records become :class:`ipsec_nflog.packet.Packet`, decoded with the file's
+- LINKTYPE_NFLOG records become :class:`ipsec_nflog.nflog.packet.Packet`, decoded with the file's
   byte order (TLV headers are in the byte order of the capturing host, which is the file's).
   Every TLV is validated eagerly, so a malformed body raises here, naming its offset, and
   never later on attribute access. A record cut by a snaplen (caplen < orig_len) has its
@@ -28,8 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Union
 
-from ipsec_nflog.packet import IfnameResolver, Packet, ParseError, decode_ip, parse_nflog
-from ipsec_nflog.pcapformat import (
+from ipsec_nflog.files.format import (
     BLOCK_EPB,
     BLOCK_IDB,
     BLOCK_ISB,
@@ -60,6 +59,7 @@ from ipsec_nflog.pcapformat import (
     split_timestamp,
     tsresol_units,
 )
+from ipsec_nflog.nflog.packet import IfnameResolver, Packet, ParseError, decode_ip, parse_nflog
 
 __all__ = ["CaptureReader", "FilePacket", "Interface", "read_capture"]
 
@@ -93,7 +93,7 @@ def _ip_offset(linktype: int, frame: bytes) -> int | None:
 class FilePacket:
     """A packet of a non-NFLOG link type: timestamp and payload, no NFLOG metadata.
 
-    It has the attributes of :class:`~ipsec_nflog.packet.Packet`, so code written for live
+    It has the attributes of :class:`~ipsec_nflog.nflog.packet.Packet`, so code written for live
     capture runs on it; the NFLOG-only ones are ``None``. ``raw`` is the frame as stored,
     ``payload`` the IP packet in it (or the whole frame when there is no IP packet to find).
     """

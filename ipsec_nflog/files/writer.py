@@ -1,5 +1,5 @@
 """Capture files: LINKTYPE_NFLOG pcap and pcapng writers, a LINKTYPE_RAW writer, tcpdump-like
-rotation, and (re-exported from :mod:`ipsec_nflog.pcapreader`) the reader.
+rotation, and (re-exported from :mod:`ipsec_nflog.files.reader`) the reader.
 
 Writers take batches of ring records (``Batch.data`` / ``Batch.count``: consecutive host-order
 pcap records with LINKTYPE_NFLOG bodies, see docs/DESIGN.md) and write each batch with one
@@ -23,7 +23,7 @@ Formats (``open_writer(format=...)``):
   metadata (prefix, hook, devices, mark, uid, ...) is lost; records without a payload are
   skipped (counted in ``records_skipped``).
 
-File safety (:mod:`ipsec_nflog.outfile`): files are created with ``O_CREAT|O_EXCL|O_NOFOLLOW``
+File safety (:mod:`ipsec_nflog.files.durable`): files are created with ``O_CREAT|O_EXCL|O_NOFOLLOW``
 (``FileExistsError`` if the file exists, unless ``overwrite=True``) and set to ``mode`` (0600)
 with fchmod, whatever the umask. A symbolic link at the path is never followed, not even with
 ``overwrite`` (OSError ELOOP). ``overwrite`` replaces an existing regular file by unlinking its
@@ -83,8 +83,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable, ClassVar, Protocol, TypeVar, Union
 
-from ipsec_nflog.outfile import create_output_file
-from ipsec_nflog.pcapformat import (
+from ipsec_nflog.files.durable import create_output_file
+from ipsec_nflog.files.format import (
     BLOCK_EPB,
     BLOCK_IDB,
     BLOCK_ISB,
@@ -113,7 +113,7 @@ from ipsec_nflog.pcapformat import (
     encode_options,
     os_description,
 )
-from ipsec_nflog.pcapreader import CaptureReader, FilePacket, Interface, read_capture
+from ipsec_nflog.files.reader import CaptureReader, FilePacket, Interface, read_capture
 
 __all__ = [
     "SYNTHESIZED_COMMENT",

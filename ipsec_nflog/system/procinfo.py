@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .netns import run_in_netns
+from ipsec_nflog.system.netns import run_in_netns
 
 __all__ = ["GroupBinding", "SocketOwner", "find_group_holder", "group_bindings"]
 

@@ -1,9 +1,11 @@
 """Decrypt ESP in our own reader: AES-CBC + HMAC (SHA-1/SHA-2) and AES-GCM (RFC 4106).
 
-Keys come from :mod:`ipsec_nflog.keys` (charon logs, ``ip xfrm state``) or from a Wireshark
-``esp_sa`` file / a directory written by :func:`ipsec_nflog.keys.write_wireshark_keys`::
+Keys come from :mod:`ipsec_nflog.ipsec.keys` (charon logs, ``ip xfrm state``) or from a Wireshark
+``esp_sa`` file / a directory written by :func:`ipsec_nflog.ipsec.keys.write_wireshark_keys`::
 
-    from ipsec_nflog import decrypt, pcapfile
+    from ipsec_nflog.ipsec import decrypt
+
+    from ipsec_nflog.files import writer as pcapfile
 
     dec = decrypt.EspDecryptor.from_charon_logs(["/var/log/charon-keys.log"])
     for pkt in pcapfile.read_capture("ipsec.pcap"):
@@ -20,7 +22,7 @@ packet never raises: an unknown SPI, a bad ICV, bad padding or a truncated packe
 result with that ``status``. Only bad key material raises (:class:`UnsupportedSaError`, a
 ``ValueError``), when the decryptor is built.
 
-Algorithms (Wireshark's names, as :mod:`ipsec_nflog.keys` writes them):
+Algorithms (Wireshark's names, as :mod:`ipsec_nflog.ipsec.keys` writes them):
 
 - encryption: ``AES-CBC [RFC3602]`` (128/192/256-bit keys), ``AES-GCM with 8/12/16 octet ICV
   [RFC4106]`` (key || 4-byte salt; nonce = salt || IV, AAD = SPI || sequence number),
@@ -49,10 +51,10 @@ from typing import Any, Callable, Union
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ipsec_nflog import keys
-from ipsec_nflog.keys import EspSa
-from ipsec_nflog.pcapfile import CaptureWriter
-from ipsec_nflog.pcapformat import LINKTYPE_RAW, Buffer
+from ipsec_nflog.files.format import LINKTYPE_RAW, Buffer
+from ipsec_nflog.files.writer import CaptureWriter
+from ipsec_nflog.ipsec import keys
+from ipsec_nflog.ipsec.keys import EspSa
 
 __all__ = [
     "BAD_ICV",
@@ -193,7 +195,7 @@ class DecryptResult:
     @property
     def inner_ip(self) -> Any:
         """``ip_packet`` decoded by dpkt (IP or IP6), or None."""
-        from ipsec_nflog.packet import decode_ip
+        from ipsec_nflog.nflog.packet import decode_ip
 
         return decode_ip(self.ip_packet)
 
@@ -206,8 +208,8 @@ class DecryptResult:
 
     def describe(self) -> str:
         """One line: the label, then the inner packet's summary when decrypted; safe to print
-        (:func:`ipsec_nflog.summary.printable`)."""
-        from ipsec_nflog.summary import printable
+        (:func:`ipsec_nflog.nflog.summary.printable`)."""
+        from ipsec_nflog.nflog.summary import printable
 
         return printable(self._describe())
 
@@ -221,7 +223,7 @@ class DecryptResult:
         if ip is None:
             return (f"{self.label()} next header {self.next_header}, undecodable, "
                     f"length {len(self.payload or b'')}")
-        from ipsec_nflog.summary import describe_ip
+        from ipsec_nflog.nflog.summary import describe_ip
 
         try:
             return f"{self.label()} {describe_ip(ip)}"
@@ -345,7 +347,7 @@ class DecryptStats:
 
 
 class EspDecryptor:
-    """Decrypts ESP packets with a set of SAs (:class:`ipsec_nflog.keys.EspSa`).
+    """Decrypts ESP packets with a set of SAs (:class:`ipsec_nflog.ipsec.keys.EspSa`).
 
     SAs are looked up by (SPI, destination address); if none matches, by SPI alone when the
     destination is a wildcard (``*`` in an esp_sa file) or only one SA has that SPI (NAT may
@@ -543,7 +545,7 @@ def _decrypt_with(suite: _Suite, esp: bytes, spi: int, seq: int, loc: _Located,
 def read_charon_logs(paths: Sequence[PathLike]) -> tuple[list[EspSa], list[str]]:
     """The ESP SAs of charon logs (``keys.parse_charon_log``) and its warnings, each
     prefixed with the file name. Each log is streamed with a bound per line
-    (:class:`ipsec_nflog.keys.LogLines`); what that leaves out is in the warnings too."""
+    (:class:`ipsec_nflog.ipsec.keys.LogLines`); what that leaves out is in the warnings too."""
     sas: list[EspSa] = []
     warnings: list[str] = []
     for path in paths:
@@ -558,7 +560,7 @@ def read_charon_logs(paths: Sequence[PathLike]) -> tuple[list[EspSa], list[str]]
 
 class DecryptedWriter(CaptureWriter):
     """LINKTYPE_RAW pcap of decrypted inner IP packets (file safety and mode 0600 as for the
-    capture writers: :func:`ipsec_nflog.pcapfile.open_writer`'s options apply).
+    capture writers: :func:`ipsec_nflog.files.writer.open_writer`'s options apply).
     :meth:`write_packet` buffers; :meth:`close` writes the rest. A packet whose timestamp a
     pcap record cannot hold (pcapng allows 64-bit ones) is not written and is counted in
     ``records_skipped``."""

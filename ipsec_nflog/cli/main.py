@@ -18,8 +18,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
-from ._version import __version__
-from .signals import STOP_SIGNALS, StopSignals, die_with_parent, held, stop_signals
+from ipsec_nflog._version import __version__
+from ipsec_nflog.system.signals import (
+    STOP_SIGNALS,
+    StopSignals,
+    die_with_parent,
+    held,
+    stop_signals,
+)
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DROPS = 0, 1, 2, 3
 FILE_RING_SIZE = 256 * 1024 * 1024  # capture -w: rides out writeback stalls
@@ -31,7 +37,7 @@ class CliError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        from .summary import printable  # the message quotes argv
+        from ipsec_nflog.nflog.summary import printable  # the message quotes argv
 
         self.exit(EXIT_USAGE, f"ipsec-nflog: error: {printable(message)} (see --help)\n")
 
@@ -165,7 +171,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def _capture(args: argparse.Namespace, stop: StopSignals) -> int:
-    from .capture import Capture
+    from ipsec_nflog.capture.live import Capture
 
     config = _capture_config(args)
     user = lookup_user(args.user) if args.user else None
@@ -187,7 +193,7 @@ def _capture(args: argparse.Namespace, stop: StopSignals) -> int:
 
 
 def _capture_config(args: argparse.Namespace) -> Any:
-    from .config import CaptureConfig
+    from ipsec_nflog.capture.config import CaptureConfig
 
     groups = [g for gs in (args.group or []) for g in gs]
     if not groups:
@@ -241,7 +247,7 @@ def _stopped_early(args: argparse.Namespace, stop: StopSignals) -> int:
 
 
 def _install_rules(args: argparse.Namespace, group: int) -> Any:
-    from . import rules
+    from ipsec_nflog import rules
 
     # With a StopSignals active, lifecycle installs no signal handler of its own and holds
     # the signals until the rules are registered: a signal then only sets our stop flag.
@@ -253,7 +259,7 @@ def _install_rules(args: argparse.Namespace, group: int) -> Any:
 
 
 def _remove_rules(args: argparse.Namespace, handle: Any) -> None:
-    from .rules.lifecycle import NetnsGoneError
+    from ipsec_nflog.rules.lifecycle import NetnsGoneError
 
     try:
         handle.remove()
@@ -289,8 +295,8 @@ def _capture_with_privileged_parent(args: argparse.Namespace, config: Any,
 
 def _capture_child(args: argparse.Namespace, config: Any, stop: StopSignals,
                    user: pwd.struct_passwd, parent: int) -> NoReturn:
-    from .capture import Capture
-    from .summary import printable
+    from ipsec_nflog.capture.live import Capture
+    from ipsec_nflog.nflog.summary import printable
 
     code = EXIT_FAIL
     try:
@@ -341,7 +347,7 @@ def _wait_child(pid: int, stop: StopSignals) -> int:
 
 
 def _open_output(args: argparse.Namespace, cap: Any) -> Any:
-    from .pcapfile import default_format, open_writer
+    from ipsec_nflog.files.writer import default_format, open_writer
 
     fmt = "pcapng" if args.pcapng else "raw" if args.raw else "pcap" if args.pcap else None
     extra: dict[str, Any] = {}
@@ -365,7 +371,7 @@ def _capture_loop(args: argparse.Namespace, cap: Any, stop: StopSignals,
                   user: pwd.struct_passwd | None = None, parent: int | None = None) -> int:
     """Read until ``stop`` (a signal), -c or --duration; drain; close. ``parent``: the pid
     of the root parent under -Z --rules, whose death must end this process too."""
-    from .summary import summarize
+    from ipsec_nflog.nflog.summary import summarize
 
     writer = _open_output(args, cap) if args.write else None
     if user is not None:
@@ -436,7 +442,7 @@ def _emit(batch: Any, writer: Any, summarize: Callable[..., str]) -> None:
 
 def _summary(args: argparse.Namespace, stats: Any, writer: Any, error: BaseException | None,
              signum: int | None) -> None:
-    from .summary import printable
+    from ipsec_nflog.nflog.summary import printable
 
     lost = writer.records_lost if writer is not None else 0
     if args.quiet and error is None and not lost:
@@ -476,9 +482,9 @@ def _summary(args: argparse.Namespace, stats: Any, writer: Any, error: BaseExcep
 def cmd_read(args: argparse.Namespace) -> int:
     """``read FILE`` (``-``: standard input, never seeked): one line per packet; every
     string from the file or a key log is printed through ``summary.printable``."""
-    from .packet import hook_name
-    from .pcapfile import read_capture
-    from .summary import printable, summarize
+    from ipsec_nflog.files.writer import read_capture
+    from ipsec_nflog.nflog.packet import hook_name
+    from ipsec_nflog.nflog.summary import printable, summarize
 
     keys_dir = getattr(args, "keys", None)
     logs = getattr(args, "log", None) or []
@@ -486,7 +492,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     decryptor: Any = None
     writer: Any = None
     if keys_dir or logs:
-        from . import decrypt
+        from ipsec_nflog.ipsec import decrypt
 
         try:
             decryptor = decrypt.EspDecryptor.from_files(esp_sa=keys_dir, logs=logs,
@@ -553,8 +559,8 @@ def cmd_read(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ stats --
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from .procinfo import group_bindings
-    from .summary import printable
+    from ipsec_nflog.nflog.summary import printable
+    from ipsec_nflog.system.procinfo import group_bindings
 
     where = f"network namespace {args.netns!r}" if args.netns else "this network namespace"
     rows = group_bindings(args.netns)
@@ -574,7 +580,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ rules --
 
 def cmd_rules(args: argparse.Namespace) -> int:
-    from . import rules
+    from ipsec_nflog import rules
 
     if args.action == "show":
         if args.preset:
@@ -609,7 +615,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------- keys --
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from . import keys
+    from ipsec_nflog.ipsec import keys
 
     return int(keys.main(args))
 
@@ -617,7 +623,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------- demo --
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ipsec_nflog.cli.demo import run_demo
 
     return run_demo(args.write, group=args.group)
 
@@ -733,7 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("keys", help="extract IKE/ESP keys for Wireshark")
     try:
-        from . import keys as _keys
+        from ipsec_nflog.ipsec import keys as _keys
     except ImportError:
         _keys = None  # type: ignore[assignment]
     if _keys is not None and hasattr(_keys, "add_arguments"):
@@ -772,7 +778,9 @@ def _run_command(args: argparse.Namespace) -> int:
         if args.debug:
             raise
         msg = str(e) or type(e).__name__
-        from .summary import printable  # file names and the like in it are untrusted
+        from ipsec_nflog.nflog.summary import (
+            printable,  # file names and the like in it are untrusted
+        )
 
         print(f"ipsec-nflog: {printable(msg)}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, (ValueError, CliError)) else EXIT_FAIL

@@ -15,11 +15,11 @@ import struct
 import sys
 from typing import TextIO
 
-from .capture import Capture
-from .netns import create_netns, delete_netns, run_cmd, run_in_netns
-from .pcapfile import open_writer
-from .rules import installed
-from .summary import summarize
+from ipsec_nflog.capture.live import Capture
+from ipsec_nflog.files.writer import open_writer
+from ipsec_nflog.nflog.summary import summarize
+from ipsec_nflog.rules import installed
+from ipsec_nflog.system.netns import create_netns, delete_netns, run_cmd, run_in_netns
 
 GW, PEER = "10.199.0.1", "10.199.0.2"
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._version import __version__
-from .errors import LibraryMissingError
+from ipsec_nflog._version import __version__
+from ipsec_nflog.errors import LibraryMissingError
 
 __all__ = ["ffi", "lib"]
 
 try:
-    from . import _nflog_cffi
+    from ipsec_nflog.capture import _nflog_cffi
 except ImportError as exc:  # pragma: no cover - depends on the build
     msg = str(exc)
     if "libnetfilter_log" in msg or "libmnl" in msg or "libpcap" in msg:

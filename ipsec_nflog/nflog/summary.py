@@ -22,10 +22,10 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any, Union
 
-from .packet import Packet
+from ipsec_nflog.nflog.packet import Packet
 
 if TYPE_CHECKING:
-    from .pcapreader import FilePacket
+    from ipsec_nflog.files.reader import FilePacket
 
 __all__ = ["describe_ip", "printable", "summarize"]
 

@@ -1,0 +1,1 @@
+"""The ``ipsec-nflog`` command (also ``python -m ipsec_nflog``)."""
