@@ -16,7 +16,8 @@ import pytest
 
 from ipsec_nflog import Capture, NflogError
 from ipsec_nflog.capture.config import FLUSH_TIMEOUT_MAX, CaptureConfig, recv_buffer_size
-from ipsec_nflog.errors import GroupBusyError, raise_for_errno
+from ipsec_nflog.capture.errmap import raise_for_errno
+from ipsec_nflog.errors import GroupBusyError
 from tests.test_capture import nflog_rule, send_udp, wait_received
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

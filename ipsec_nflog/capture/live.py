@@ -19,8 +19,8 @@ from functools import lru_cache
 from typing import Any, Union
 
 from ipsec_nflog.capture.config import CaptureConfig
+from ipsec_nflog.capture.errmap import raise_for_errno
 from ipsec_nflog.capture.stats import CaptureStats, GroupStats
-from ipsec_nflog.errors import raise_for_errno
 from ipsec_nflog.nflog.packet import IfnameResolver, Packet
 from ipsec_nflog.system.netns import open_netns, run_in_netns
 
