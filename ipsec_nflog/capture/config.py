@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Union
 
+from ipsec_nflog.capture.select import Selection, check_expression
 from ipsec_nflog.system.netns import validate_netns_name
 from ipsec_nflog.validate import check_int, validate_group
 
@@ -47,6 +48,12 @@ class CaptureConfig:
     rcvbuf: int = 64 * MiB
     ring_size: int = 64 * MiB
     netns: str | None = None
+    # What to keep (run in the reader thread; filtered packets are counted, not lost):
+    filter: str | None = None  # a tcpdump expression over the IP packet
+    hooks: tuple[str, ...] | None = None  # e.g. ("OUTPUT", "POSTROUTING")
+    prefix: str | None = None  # the NFLOG prefix, exactly
+    indev: Union[str, int, None] = None  # interface name (in the capture's namespace) or index
+    outdev: Union[str, int, None] = None
 
     def __post_init__(self) -> None:
         groups = self.groups
@@ -79,6 +86,16 @@ class CaptureConfig:
         check_int("ring_size", self.ring_size, ring_min, 2**40)
         if self.netns is not None:
             validate_netns_name(self.netns)
+        if self.filter is not None:
+            object.__setattr__(self, "filter", check_expression(self.filter))
+        sel = self.selection  # validates hooks, prefix and devices
+        object.__setattr__(self, "hooks", sel.hooks)
+        object.__setattr__(self, "indev", sel.indev)
+        object.__setattr__(self, "outdev", sel.outdev)
+
+    @property
+    def selection(self) -> Selection:
+        return Selection(self.hooks, self.prefix, self.indev, self.outdev)
 
     @property
     def effective_snaplen(self) -> int:

@@ -20,6 +20,8 @@ from typing import Any, Union
 
 from ipsec_nflog.capture.config import CaptureConfig
 from ipsec_nflog.capture.errmap import raise_for_errno
+from ipsec_nflog.capture.filter import Filter
+from ipsec_nflog.capture.select import hook_mask
 from ipsec_nflog.capture.stats import CaptureStats, GroupStats
 from ipsec_nflog.nflog.packet import IfnameResolver, Packet
 from ipsec_nflog.system.netns import open_netns, run_in_netns
@@ -111,6 +113,7 @@ class Capture:
         groups: Union[int, Iterable[int], None] = None,
         *,
         config: CaptureConfig | None = None,
+        _sockets: bool = True,
         **options: Any,
     ) -> None:
         if config is None:
@@ -134,6 +137,9 @@ class Capture:
         from ipsec_nflog.capture._native import ffi, lib  # the compiled core is needed from here on
 
         self._ffi, self._lib = ffi, lib
+        # Everything that can be wrong with the filter is found before any socket opens.
+        self._filter = Filter(config.filter) if config.filter is not None else None
+        self._select = self._selector(config)
         self._pid = os.getpid()  # a forked child must not touch the parent's capture
         # The ring is a memfd the C core maps writable; we map it read-only, so no view we
         # hand out can change what the core reads back.
@@ -143,11 +149,44 @@ class Capture:
             self._ring = mmap.mmap(ring_fd, config.ring_size, access=mmap.ACCESS_READ)
             self._ring_view = memoryview(self._ring)
             self._batch_c = ffi.new("struct nfc_batch *")  # reused by every read_batch
-            self._open(ring_fd)
+            self._sockets = _sockets
+            self._open(ring_fd, _sockets)
         finally:
             os.close(ring_fd)
 
-    def _open(self, ring_fd: int) -> None:
+    @classmethod
+    def _offline(cls, config: CaptureConfig) -> Capture:
+        """A capture without sockets or reader thread, fed with ``_inject(datagram)``: the
+        ring, record, filter and consumer paths, testable without root or a kernel."""
+        return cls(config=config, _sockets=False)
+
+    def _inject(self, datagram: bytes) -> None:
+        with self._lock:
+            rc = self._lib.nfc_inject(self._c, datagram, len(datagram))
+        if rc < 0:
+            raise_for_errno(rc, "inject a datagram")
+
+    def _selector(self, cfg: CaptureConfig) -> Any:
+        sel = cfg.selection
+        out = self._ffi.new("struct nfc_select *")
+        out.hook_mask = hook_mask(sel.hooks or ())
+        out.indev, out.outdev = (self._ifindex(d) for d in (sel.indev, sel.outdev))
+        if sel.prefix is not None:
+            out.has_prefix = 1
+            out.prefix = sel.prefix.encode()
+        return out
+
+    def _ifindex(self, device: Union[str, int, None]) -> int:
+        if device is None or isinstance(device, int):
+            return device or 0
+        netns = self.config.netns
+        try:
+            return int(run_in_netns(netns, lambda: socket.if_nametoindex(device)))
+        except OSError:
+            where = f"network namespace {netns!r}" if netns else "this network namespace"
+            raise ValueError(f"no interface {device!r} in {where}") from None
+
+    def _open(self, ring_fd: int, sockets: bool = True) -> None:
         ffi, lib, cfg = self._ffi, self._lib, self.config
         params = ffi.new("struct nfc_params *", {
             "snaplen": cfg.effective_snaplen,
@@ -156,12 +195,17 @@ class Capture:
             "nlbufsiz": cfg.nlbufsiz,
             "rcvbuf": cfg.rcvbuf,
             "flags": NFULNL_CFG_F_SEQ | NFULNL_CFG_F_SEQ_GLOBAL,
+            "filter": self._filter.cdata if self._filter is not None else ffi.NULL,
+            "select": self._select[0],
         })
         groups = ffi.new("uint16_t[]", list(cfg.groups))
         out = ffi.new("struct nfc_capture **")
         failed_group = ffi.new("int32_t *")
         failed_op = ffi.new("const char **")
-        netns_fd = open_netns(cfg.netns) if cfg.netns else -1
+        if not sockets:
+            netns_fd = lib.NFC_NO_SOCKETS
+        else:
+            netns_fd = open_netns(cfg.netns) if cfg.netns else -1
         try:
             rc = lib.nfc_open(out, groups, len(cfg.groups), params, ring_fd,
                               cfg.ring_size, netns_fd, failed_group, failed_op)
@@ -174,6 +218,8 @@ class Capture:
             group = failed_group[0] if failed_group[0] >= 0 else None
             self._free()
             raise_for_errno(rc, op, group, netns=cfg.netns)
+        if not sockets:
+            return
         rc = lib.nfc_start(self._c)
         if rc < 0:
             self._free()
@@ -362,7 +408,7 @@ class Capture:
             return
         self._check_owner("stop the capture")
         wait = STOP_DRAIN_MAX if drain is None else drain
-        if wait > 0:
+        if wait > 0 and self._sockets:
             rc = self._lib.nfc_flush(self._c)
             if rc < 0:
                 raise_for_errno(rc, "flush the kernel queue")

@@ -84,6 +84,11 @@ uint64_t nfc_recv_buffer_size(uint32_t nlbufsiz);
 int nfc_open(struct nfc_capture **out, const uint16_t *groups, uint32_t ngroups,
              const struct nfc_params *params, int ring_fd, uint64_t ring_size, int netns_fd,
              int32_t *failed_group, const char **failed_op);
+/* netns_fd for a capture without sockets, fed by nfc_inject (tests of the ring, the record
+ * path and filters without root or a kernel). */
+#define NFC_NO_SOCKETS -2
+/* Process one netlink datagram as if the reader had received it on the first group. */
+int nfc_inject(struct nfc_capture *c, const char *datagram, uint32_t len);
 /* Start the reader thread that drains the sockets into the ring. */
 int nfc_start(struct nfc_capture *c);
 /* Wait up to timeout_ms (-1: forever) for pending records. Returns 1 when records are

@@ -161,19 +161,11 @@ static void *open_thread(void *arg)
     return NULL;
 }
 
-int nfc_open(struct nfc_capture **out, const uint16_t *groups, uint32_t ngroups,
-             const struct nfc_params *params, int ring_fd, uint64_t ring_size, int netns_fd,
-             int32_t *failed_group, const char **failed_op)
+/* The capture's state and buffers, before any socket; *failed_op says what failed. */
+static int alloc_capture(struct nfc_capture *c, const uint16_t *groups, uint32_t ngroups,
+                         const struct nfc_params *params, int ring_fd, uint64_t ring_size,
+                         const char **failed_op)
 {
-    *out = NULL;
-    *failed_group = -1;
-    *failed_op = "validate";
-    if (ngroups == 0 || ngroups > NFC_MAX_GROUPS || ring_fd < 0 || ring_size < 4096)
-        return -EINVAL;
-    pthread_once(&atfork_once, register_atfork);
-    struct nfc_capture *c = calloc(1, sizeof(*c));
-    if (!c)
-        return -ENOMEM;
     uint32_t nlbufsiz = params->nlbufsiz;
     if (nlbufsiz < NFC_NLBUFSIZ_MIN)
         nlbufsiz = NFC_NLBUFSIZ_MIN;
@@ -191,19 +183,16 @@ int nfc_open(struct nfc_capture **out, const uint16_t *groups, uint32_t ngroups,
     c->select = params->select;
     c->select_active = c->select.hook_mask || c->select.indev || c->select.outdev ||
                        c->select.has_prefix;
-    /* The ring is the consumer's memfd, mapped writable only here: Python maps it
-     * read-only, so no view it hands out can change what the core reads back. */
-    c->ring = mmap(NULL, ring_size, PROT_READ | PROT_WRITE, MAP_SHARED, ring_fd, 0);
-    c->cap = ring_size;
     c->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    /* The kernel sizes a batch skb from nlbufsiz but slab rounding can nearly double it,
-     * and one message can carry a 65531-byte payload on its own. */
     c->rbuf_size = NFC_RECV_BUFFER(nlbufsiz);
     c->rbuf = malloc(c->rbuf_size);
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->flushed_cv, NULL);
-    *out = c;
+    /* The ring is the consumer's memfd, mapped writable only here: Python maps it
+     * read-only, so no view it hands out can change what the core reads back. */
+    c->cap = ring_size;
+    c->ring = mmap(NULL, ring_size, PROT_READ | PROT_WRITE, MAP_SHARED, ring_fd, 0);
     if (c->ring == MAP_FAILED) {
         c->ring = NULL;
         *failed_op = "map the ring";
@@ -213,6 +202,26 @@ int nfc_open(struct nfc_capture **out, const uint16_t *groups, uint32_t ngroups,
         *failed_op = "allocate";
         return c->rbuf ? -EMFILE : -ENOMEM;
     }
+    return 0;
+}
+
+int nfc_open(struct nfc_capture **out, const uint16_t *groups, uint32_t ngroups,
+             const struct nfc_params *params, int ring_fd, uint64_t ring_size, int netns_fd,
+             int32_t *failed_group, const char **failed_op)
+{
+    *out = NULL;
+    *failed_group = -1;
+    *failed_op = "validate";
+    if (ngroups == 0 || ngroups > NFC_MAX_GROUPS || ring_fd < 0 || ring_size < 4096)
+        return -EINVAL;
+    pthread_once(&atfork_once, register_atfork);
+    struct nfc_capture *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    *out = c;
+    int err = alloc_capture(c, groups, ngroups, params, ring_fd, ring_size, failed_op);
+    if (err < 0 || netns_fd == NFC_NO_SOCKETS)
+        return err;
 
     struct open_job job = {.c = c, .p = params, .netns_fd = netns_fd, .failed_group = -1};
     if (netns_fd >= 0) {
@@ -230,6 +239,19 @@ int nfc_open(struct nfc_capture **out, const uint16_t *groups, uint32_t ngroups,
     *failed_group = job.failed_group;
     *failed_op = job.failed_op;
     return job.err;
+}
+
+int nfc_inject(struct nfc_capture *c, const char *datagram, uint32_t len)
+{
+    if (FOREIGN(c))
+        return -ECHILD;
+    if (c->thread_running || c->g[0].fd >= 0)
+        return -EBUSY; /* only for a capture opened with NFC_NO_SOCKETS */
+    if (len > c->rbuf_size)
+        return -EMSGSIZE;
+    memcpy(c->rbuf, datagram, len);
+    nfc_ingest(c, &c->g[0], (ssize_t)len);
+    return 0;
 }
 
 int nfc_flush(struct nfc_capture *c)
