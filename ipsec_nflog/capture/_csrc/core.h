@@ -26,8 +26,19 @@ struct nfc_group {
     struct nfc_group_stats st;
 };
 
+/* Records of the datagram being stored whose time the kernel did not send (OUTPUT,
+ * POSTROUTING): when a later record of the same kernel batch carries a kernel stamp, these
+ * happened before it, so their receive-time stamp is pulled back to just before it. */
+#define NFC_SYNTH_MAX 1024
+struct nfc_synth {
+    uint32_t n;
+    uint64_t last_kernel_us; /* the last kernel stamp of this datagram, 0: none yet */
+    char *rec[NFC_SYNTH_MAX];
+};
+
 struct nfc_capture {
     struct nfc_group g[NFC_MAX_GROUPS];
+    struct nfc_synth synth; /* reader thread only, with mu held */
     uint32_t ngroups;
     const struct nfc_filter *filter; /* NULL: keep everything */
     struct nfc_select select;
@@ -110,6 +121,8 @@ struct nfc_hot_attrs {
 /* filter.c: does a packet's metadata match the selector? */
 int nfc_select_match(const struct nfc_select *s, const struct nfc_hot_attrs *h);
 
+/* record.c: a new kernel batch (datagram) starts: forget the previous one's records. */
+void nfc_begin_datagram(struct nfc_capture *c);
 /* record.c: store one packet message as a ring record (ring mutex held). */
 void nfc_store_packet(struct nfc_capture *c, struct nfc_group *g, const unsigned char *body,
                       uint32_t len, const struct timespec *now);

@@ -50,6 +50,35 @@ static int keep_payload(const struct nfc_filter *f, const struct nlattr *payload
     return nfc_filter_run(f, ip, wire, n) != 0;
 }
 
+void nfc_begin_datagram(struct nfc_capture *c)
+{
+    c->synth.n = 0;
+    c->synth.last_kernel_us = 0;
+}
+
+/* A kernel stamp K arrived: every receive-stamped record before it in this batch happened
+ * before K, so it is stamped K - 1 us (never before the previous kernel stamp, never after
+ * its own receive time). Nothing else is known about them: the stamp stays "synthesized". */
+static void bound_synthesized(struct nfc_capture *c, uint64_t kernel_us)
+{
+    struct nfc_synth *s = &c->synth;
+    uint64_t est = kernel_us > 0 ? kernel_us - 1 : 0;
+    if (est < s->last_kernel_us)
+        est = s->last_kernel_us;
+    for (uint32_t i = 0; i < s->n; i++) {
+        uint32_t hdr[2];
+        memcpy(hdr, s->rec[i], sizeof(hdr));
+        uint64_t own = (uint64_t)hdr[0] * 1000000u + hdr[1];
+        if (est < own) {
+            hdr[0] = (uint32_t)(est / 1000000u);
+            hdr[1] = (uint32_t)(est % 1000000u);
+            memcpy(s->rec[i], hdr, sizeof(hdr));
+        }
+    }
+    s->n = 0;
+    s->last_kernel_us = kernel_us;
+}
+
 /* Store one packet message as a pcap record. Called with mu held. */
 void nfc_store_packet(struct nfc_capture *c, struct nfc_group *g, const unsigned char *body,
                       uint32_t len, const struct timespec *now)
@@ -58,6 +87,7 @@ void nfc_store_packet(struct nfc_capture *c, struct nfc_group *g, const unsigned
     struct nfc_hot_attrs h;
     scan_hot_attrs(body, len, &h);
     const struct nlattr *seq = h.seq, *ts = h.ts;
+    /* (the caller holds mu for the whole datagram, so c->synth stays consistent) */
     if (seq && seq->nla_len >= NLA_HDRLEN + 4) {
         uint32_t s = be32_at((const unsigned char *)seq + NLA_HDRLEN);
         uint32_t gap = s - g->next_seq;
@@ -69,6 +99,17 @@ void nfc_store_packet(struct nfc_capture *c, struct nfc_group *g, const unsigned
     }
     g->st.received_packets++;
     g->st.received_bytes += reclen;
+    uint32_t stamp[2];
+    int kernel_stamp = ts && ts->nla_len >= NLA_HDRLEN + 16;
+    if (kernel_stamp) {
+        const unsigned char *v = (const unsigned char *)ts + NLA_HDRLEN;
+        stamp[0] = (uint32_t)be64_at(v);
+        stamp[1] = (uint32_t)be64_at(v + 8);
+        bound_synthesized(c, (uint64_t)stamp[0] * 1000000u + stamp[1]);
+    } else {
+        stamp[0] = (uint32_t)now->tv_sec;
+        stamp[1] = (uint32_t)(now->tv_nsec / 1000);
+    }
     if ((c->select_active && !nfc_select_match(&c->select, &h)) ||
         (c->filter && !keep_payload(c->filter, h.payload))) {
         g->st.filtered_packets++;
@@ -81,17 +122,12 @@ void nfc_store_packet(struct nfc_capture *c, struct nfc_group *g, const unsigned
         g->st.ring_drop_bytes += reclen;
         return;
     }
-    uint32_t hdr[4];
-    if (ts && ts->nla_len >= NLA_HDRLEN + 16) {
-        const unsigned char *v = (const unsigned char *)ts + NLA_HDRLEN;
-        hdr[0] = (uint32_t)be64_at(v);
-        hdr[1] = (uint32_t)be64_at(v + 8);
-    } else {
-        hdr[0] = (uint32_t)now->tv_sec;
-        hdr[1] = (uint32_t)(now->tv_nsec / 1000);
+    uint32_t hdr[4] = {stamp[0], stamp[1], len, 0};
+    if (!kernel_stamp) {
         g->st.timestamps_synthesized++;
+        if (c->synth.n < NFC_SYNTH_MAX)
+            c->synth.rec[c->synth.n++] = dst;
     }
-    hdr[2] = len;
     hdr[3] = orig_len_of(h.payload, len);
     memcpy(dst, hdr, REC_HDR);
     memcpy(dst + REC_HDR, body, len);
