@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("ipsec_nflog", "capture", "_csrc")
 
 HEADER = os.path.join(CSRC, "nflog_core.h")
-SOURCES = ("socket.c", "reader.c", "ring.c", "record.c", "filter.c")
+SOURCES = ("socket.c", "reader.c", "ring.c", "record.c", "filter.c", "frame.c")
 
 
 def cdef_from_header(path: str = os.path.join(HERE, HEADER)) -> str:

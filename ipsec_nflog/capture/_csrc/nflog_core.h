@@ -148,4 +148,29 @@ uint32_t nfc_filter_run(const struct nfc_filter *f, const unsigned char *pkt, ui
                         uint32_t caplen);
 void nfc_filter_free(struct nfc_filter *f);
 
+/* Framing a run of ring records for another file format, in one pass (frame.c). */
+#define NFC_FRAME_PCAPNG 1 /* Enhanced Packet Blocks, host byte order, microseconds */
+#define NFC_FRAME_RAW 2    /* LINKTYPE_RAW pcap records of the IP packets */
+struct nfc_frame_args {
+    int32_t format;
+    const uint16_t *groups;      /* pcapng: NFLOG group -> interface id */
+    const uint32_t *iface_ids;
+    uint32_t ngroups;
+    const char *synth_opts;      /* pcapng: options appended to an EPB whose record has no */
+    uint32_t synth_opts_len;     /* NFULA_TIMESTAMP (ending with opt_endofopt), or 0 */
+};
+struct nfc_frame_result {
+    uint64_t nbytes;         /* bytes written to out */
+    uint64_t consumed_bytes; /* of the input */
+    uint32_t consumed;       /* input records used (framed or skipped) */
+    uint32_t framed;         /* blocks/records written */
+    uint32_t skipped;        /* raw: records without an IP packet */
+    int32_t unknown_group;   /* pcapng: stopped at a group without interface id, or -1 */
+};
+/* 0, -EINVAL (not whole records, bad format) or -ENOSPC (out too small: see bound). */
+int nfc_frame(const char *buf, uint64_t nbytes, uint32_t count, const struct nfc_frame_args *a,
+              char *out, uint64_t out_cap, struct nfc_frame_result *r);
+/* Enough room for nfc_frame's output of nbytes of count records. */
+uint64_t nfc_frame_bound(uint64_t nbytes, uint32_t count, uint32_t synth_opts_len);
+
 #endif
