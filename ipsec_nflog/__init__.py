@@ -11,9 +11,9 @@ before anything heavy is imported.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ipsec_nflog._lazy import lazy_names
 from ipsec_nflog._version import __version__
 
 if TYPE_CHECKING:
@@ -61,15 +61,4 @@ __all__ = [
     "parse_nflog",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'ipsec_nflog' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_HOMES])
+__getattr__, __dir__ = lazy_names(__name__, _HOMES)

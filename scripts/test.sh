@@ -7,5 +7,6 @@ scripts/install.sh
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff"; ruff check
 echo "== mypy"; mypy
+echo "== lint-imports"; lint-imports --no-cache --no-logo
 echo "== pytest"
 exec pytest "$@"

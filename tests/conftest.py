@@ -1,67 +1,63 @@
-"""Shared fixtures. Privileged tests (netns, NFLOG, iptables) skip with a reason outside CI
-and fail when IPSEC_NFLOG_REQUIRE_PRIVILEGED=1 (set by .ci/run)."""
+"""Shared fixtures. Privileged tests (netns, NFLOG, iptables) and tests that need the compiled
+core (marker ``requires_core``) skip with a reason outside CI and fail when
+IPSEC_NFLOG_REQUIRE_PRIVILEGED=1 (set by .ci/run)."""
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
+from functools import cache
 
 import pytest
 
+from ipsec_nflog.errors import LibraryMissingError
+from ipsec_nflog.testing.requirements import privilege_problem as privileged_problem
+from ipsec_nflog.testing.requirements import (
+    privileged_required,
+    require_privileged,
+    require_tool,
+)
+from ipsec_nflog.testing.requirements import unavailable as _unavailable
 from tests import nstools
 
-REQUIRE_PRIVILEGED = os.environ.get("IPSEC_NFLOG_REQUIRE_PRIVILEGED") == "1"
+# The privilege rule (skip, or fail under IPSEC_NFLOG_REQUIRE_PRIVILEGED=1) is the library's,
+# shared with the pytest plugin's fixtures: ipsec_nflog.testing.requirements.
+REQUIRE_PRIVILEGED = privileged_required()
+__all__ = ["REQUIRE_PRIVILEGED", "privileged_problem", "require_privileged", "require_tool"]
 
 
-def _privilege_problem() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) for network namespaces and NFLOG"
-    if shutil.which("ip") is None:
-        return "needs iproute2's 'ip' command"
-    probe = f"ipnf-probe-{os.getpid()}"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"cannot create a network namespace: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+@cache
+def core_problem() -> str | None:
+    """Why the compiled core cannot be loaded here (not built, stale), or None."""
+    try:
+        import ipsec_nflog.capture._native  # noqa: F401
+    except LibraryMissingError as e:
+        return str(e)
     return None
 
 
-_problem: list[str | None] = []
-
-
-def privileged_problem() -> str | None:
-    if not _problem:
-        _problem.append(_privilege_problem())
-    return _problem[0]
-
-
-def require_privileged(what: str = "") -> None:
-    """Skip (or fail, in CI) when privileged tests cannot run here."""
-    problem = privileged_problem()
+def require_core(what: str = "") -> None:
+    """Skip (or fail, in CI) when the compiled core is not built: a contributor's checkout
+    without libnetfilter-log-dev runs everything else."""
+    problem = core_problem()
     if problem:
-        msg = f"privileged test{': ' + what if what else ''}: {problem}"
-        if REQUIRE_PRIVILEGED:
-            pytest.fail(msg + " (IPSEC_NFLOG_REQUIRE_PRIVILEGED=1)", pytrace=False)
-        pytest.skip(msg)
+        _unavailable(f"needs the compiled core{': ' + what if what else ''}: {problem}")
 
 
-def require_tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        msg = f"needs '{name}' (apt-get install {package})"
-        if REQUIRE_PRIVILEGED:
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
-    return path
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "requires_core: needs the compiled core (skips when it is not built, fails "
+        "instead when IPSEC_NFLOG_REQUIRE_PRIVILEGED=1)")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("privileged"):
         require_privileged(item.name)
+    if item.get_closest_marker("requires_core"):
+        require_core()  # one reason for all: pytest -ra then reports them on one line
 
 
 @pytest.fixture
@@ -104,23 +100,18 @@ def no_leaked_threads() -> Iterator[None]:
     assert not leaked, f"threads leaked by the test: {leaked}"
 
 
-class VethPair:
-    """Two namespaces joined by veth: ``a`` (10.99.0.1, fd99::1) and ``b`` (.2, ::2)."""
+class VethPair(nstools.NetnsPair):
+    """The library's lab pair: ``a`` (10.99.0.1, fd99::1) and ``b`` (.2, ::2) on veth0; the
+    addresses are also class attributes here."""
 
     a4, b4, a6, b6 = "10.99.0.1", "10.99.0.2", "fd99::1", "fd99::2"
 
-    def __init__(self, a: str, b: str) -> None:
-        self.a, self.b = a, b
-        self.a_ifindex = nstools.ifindex(a, "veth0")
-        self.b_ifindex = nstools.ifindex(b, "veth0")
-
 
 @pytest.fixture
-def veth_pair(netns_factory) -> VethPair:  # type: ignore[no-untyped-def]
-    a, b = netns_factory("a"), netns_factory("b")
-    nstools.add_veth(a, b, f"{VethPair.a4}/24", f"{VethPair.b4}/24",
-                     addr6_a=f"{VethPair.a6}/64", addr6_b=f"{VethPair.b6}/64")
-    return VethPair(a, b)
+def veth_pair() -> Iterator[VethPair]:
+    require_privileged("netns")
+    with VethPair() as pair:
+        yield pair
 
 
 def _task_count() -> int:
@@ -135,8 +126,10 @@ def no_leaked_native_threads() -> Iterator[None]:
 
     before = _task_count()
     yield
-    gc.collect()
     after = _task_count()
+    if after > before:  # an unreachable capture joins its threads when collected; collecting
+        gc.collect()    # only then keeps the unprivileged suite fast (a collection is ~50 ms)
+        after = _task_count()
     assert after <= before, f"{after - before} native thread(s) leaked by the test"
 
 

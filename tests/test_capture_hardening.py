@@ -277,6 +277,7 @@ def test_config_accepts_the_smallest_ring() -> None:
                          ring_size=recv_buffer_size(4096)).ring_size == recv_buffer_size(4096)
 
 
+@pytest.mark.requires_core
 def test_shared_constants_match_the_compiled_core() -> None:
     from ipsec_nflog.capture import config
     from ipsec_nflog.capture._native import lib

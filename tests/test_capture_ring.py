@@ -11,10 +11,10 @@ import struct
 import dpkt
 import pytest
 
-pytest.importorskip("ipsec_nflog.capture._nflog_cffi", reason="needs the compiled core")
-
 from ipsec_nflog import Capture, CaptureConfig
 from ipsec_nflog.capture.config import recv_buffer_size
+
+pytestmark = pytest.mark.requires_core
 
 NFULA_PACKET_HDR, NFULA_TIMESTAMP, NFULA_IFINDEX_INDEV, NFULA_IFINDEX_OUTDEV = 1, 3, 4, 5
 NFULA_PAYLOAD, NFULA_PREFIX, NFULA_SEQ = 9, 10, 12
@@ -89,9 +89,9 @@ def test_the_ring_wraps_and_every_record_is_delivered_once_or_counted() -> None:
                                    max_bytes=rng.randrange(1, 30000), timeout=0)
                 if b is None:
                     break
-                seen += [p.seq for p in b]
+                seen += [p.seq for p in b]  # type: ignore[misc]
                 b.release()
-        seen += [p.seq for p in cap.packets(timeout=0)]
+        seen += [p.seq for p in cap.packets(timeout=0)]  # type: ignore[misc]
         st = cap.stats().groups[8]
     assert seen == sorted(set(seen))
     assert st.ring_drop_packets > 0, "the ring should have filled at least once"

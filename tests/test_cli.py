@@ -87,7 +87,7 @@ def test_capture_file_read_round_trip(netns: str, tmp_path: Path) -> None:
     assert os.stat(out).st_mode & 0o777 == 0o600
     pkts = list(read_capture(str(out)))
     assert len(pkts) == 25
-    assert [p.payload[-len(b"cli-test-24"):] for p in pkts][-1] == b"cli-test-24"
+    assert [p.payload[-len(b"cli-test-24"):] for p in pkts][-1] == b"cli-test-24"  # type: ignore[index]
     r = subprocess.run(argv("read", str(out), "--prefix", "roundtrip"), capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 0, r.stderr
@@ -248,7 +248,8 @@ def test_drop_privileges(netns: str, tmp_path: Path, with_rules: bool) -> None:
     (["capture", "-g", "70000"], "invalid NFLOG group"),
     (["capture"], "no NFLOG group"),
     (["capture", "-g", "5", "--rules", "no-such-preset"], "no-such-preset"),
-    (["capture", "-g", "5", "--netns", "ipnf-no-such-ns"], "does not exist"),
+    pytest.param(["capture", "-g", "5", "--netns", "ipnf-no-such-ns"], "does not exist",
+                 marks=pytest.mark.requires_core),  # the capture opens the namespace
     (["read", "/nonexistent-file.pcap"], "No such file"),
     (["capture", "-g", "5", "--snaplen", "-3"], "snaplen"),
     (["rules", "show", "all", "--prefix", 'bad"quote'], "prefix"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Mapping
 
 import pytest
 
@@ -11,12 +12,13 @@ from ipsec_nflog import CaptureConfig
 
 
 def test_config_is_validated_before_any_socket() -> None:
+    bad: Mapping[str, object]
     for bad in ({"groups": [-1]}, {"groups": [65536]}, {"groups": []}, {"groups": [1, 1]},
                 {"groups": ["5"]}, {"snaplen": -1}, {"snaplen": 300000}, {"nlbufsiz": 1},
                 {"nlbufsiz": 1 << 20}, {"ring_size": 10}, {"qthreshold": 0},
                 {"flush_timeout": -1}, {"netns": "../etc"}):
         with pytest.raises(ValueError):
-            CaptureConfig(**bad)  # type: ignore[arg-type]
+            CaptureConfig(**bad)
     assert CaptureConfig(snaplen=0).effective_snaplen == 65531
     assert CaptureConfig(snaplen=65535).effective_snaplen == 65531
     assert CaptureConfig(groups=(5,), snaplen=96).effective_snaplen == 96
@@ -27,6 +29,7 @@ def test_low_latency_preset() -> None:
     assert (c.groups, c.qthreshold, c.timeout_cs) == ((3,), 1, 0)
 
 
+@pytest.mark.requires_core
 def test_import_and_capture_without_privileges() -> None:
     """`import ipsec_nflog` needs nothing; a capture without CAP_NET_ADMIN fails clearly."""
     code = (

@@ -180,7 +180,7 @@ def test_bad_key_material_raises_when_the_decryptor_is_built() -> None:
         EspSa(**{**good.__dict__, "encryption_key": good.encryption_key[:15]}),
         EspSa(**{**good.__dict__, "integrity_key": b"\1" * 20}),
         EspSa(**{**good.__dict__, "encryption": "TripleDes-CBC [RFC2451]"}),
-        EspSa(**{**good.__dict__, "integrity": "ANY 64 bit authentication [no checking]"}),
+        EspSa(**{**good.__dict__, "integrity": "MAC-RIPEMD-160-96 [RFC2857]"}),
         EspSa("192.0.2.1", "192.0.2.2", 7, "AES-GCM with 16 octet ICV [RFC4106]", b"\1" * 16,
               "NULL"),
     ]

@@ -90,7 +90,7 @@ def _send_mix(ns: str) -> int:
     return sent
 
 
-def _tcpdump_keeps(raw: Path, expr: str) -> list[bytes]:
+def _tcpdump_keeps(raw: Path, expr: str) -> list[bytes | None]:
     out = raw.with_suffix(".tcpdump")
     subprocess.run(["tcpdump", "-n", "-r", str(raw), "-w", str(out), expr],
                    check=True, capture_output=True, timeout=60)
@@ -162,11 +162,97 @@ def _normalise(packets: list[bytes | None]) -> list[bytes]:
     ("   ", "empty filter"),
     ("host 10.0.0.1 or " * 700 + "host 10.0.0.2", "at most 4096"),
 ])
+@pytest.mark.requires_core
 def test_bad_expressions_fail_before_any_socket(expr: str, needle: str) -> None:
-    pytest.importorskip("ipsec_nflog.capture._nflog_cffi", reason="needs the compiled core")
     import threading
 
     before = threading.active_count()
     with pytest.raises(ValueError, match=needle):
         Capture(groups=[5], filter=expr)  # no root needed: nothing opens before the check
     assert threading.active_count() == before
+
+
+def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ipsec_nflog", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.privileged
+def test_read_with_an_expression_keeps_what_tcpdump_keeps(netns: str, tmp_path: Path) -> None:
+    """`ipsec-nflog read FILE EXPR` over our NFLOG file and over the same packets as a raw
+    file (as tcpdump would) keeps what tcpdump -r keeps from the raw file."""
+    require_tool("tcpdump", "tcpdump")
+    for tool in ("iptables", "ip6tables"):
+        nstools.run([tool, "-A", "OUTPUT", "-j", "NFLOG", "--nflog-group", "71"], ns=netns)
+    nflog, raw = tmp_path / "all.pcap", tmp_path / "all-raw.pcap"
+    with Capture(groups=[71], netns=netns, qthreshold=1) as cap:
+        n = _send_mix(netns)
+        wait_received(cap, n)
+        cap.stop()
+        writers = [open_writer(str(nflog)), open_writer(str(raw), format="raw")]
+        for batch in cap.drain_batches():
+            for w in writers:
+                w.write_records(batch.data, batch.count)
+        for w in writers:
+            w.close()
+    for expr in EXPRESSIONS:
+        want = len(_tcpdump_keeps(raw, expr))
+        for path in (nflog, raw):
+            r = _cli("read", str(path), expr)
+            assert r.returncode == 0, r.stderr
+            assert len(r.stdout.splitlines()) == want, (expr, path.name, r.stdout[-500:])
+
+
+@pytest.mark.privileged
+def test_cli_capture_counts_what_it_filtered(netns: str, tmp_path: Path) -> None:
+    import signal
+    import sys
+    import time
+
+    from ipsec_nflog.system.procinfo import group_bindings
+
+    nstools.run(["iptables", "-A", "OUTPUT", "-p", "udp", "-j", "NFLOG", "--nflog-group",
+                 "72"], ns=netns)
+    out = tmp_path / "kept.pcap"
+    proc = subprocess.Popen([sys.executable, "-m", "ipsec_nflog", "capture", "--netns", netns,
+                             "-g", "72", "-w", str(out), "udp", "port", "5001"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not any(b.group == 72 for b in group_bindings(netns)):
+            assert proc.poll() is None and time.monotonic() < deadline, "never bound"
+            time.sleep(0.05)
+        s = nstools.ns_socket(netns, socket.AF_INET)
+        try:
+            for i in range(300):
+                s.sendto(b"x" * 20, ("127.0.0.1", 5001 if i % 3 == 0 else 5002))
+        finally:
+            s.close()
+        time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert len(list(read_capture(out))) == 100
+    assert "received 300, delivered 100" in err and "filtered out 200 (not lost)" in err
+    assert "WARNING" not in err
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("bad", [
+    ["udp", "port"], ["ip", "and", "ip6"], ["ether", "host", "1:2:3:4:5:6"], ["vlan"], [""],
+    ["host 10.0.0.1 or " * 700 + "host 10.0.0.2"], ["-F", "/nonexistent/filter"],
+])
+def test_cli_bad_expressions_are_one_line_and_leave_nothing(netns: str, tmp_path: Path,
+                                                            bad: list[str]) -> None:
+    before = nstools.run(["nft", "list", "ruleset"], ns=netns).stdout
+    out = tmp_path / "never.pcap"
+    r = _cli("capture", "--netns", netns, "-g", "73", "--rules", "all", "-w", str(out), *bad)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()
+    assert nstools.run(["nft", "list", "ruleset"], ns=netns).stdout == before
+    r = _cli("read", "/dev/null", *bad)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from ipsec_nflog.cli import keys as cli_keys
 from ipsec_nflog.ipsec import keys
 from ipsec_nflog.ipsec.keys import EspSa, IkeSa, KeyExtractionError
 
@@ -155,8 +156,8 @@ def test_files_are_private_and_hold_one_line_per_sa(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert set(paths) == {"esp_sa", "ikev2_decryption_table"}
-    for p in paths.values():
-        assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+    for written in paths.values():
+        assert stat.S_IMODE(os.stat(written).st_mode) == 0o600
     esp_lines = Path(paths["esp_sa"]).read_text().splitlines()
     assert esp_lines == [s.uat_line() for s in found.esp]  # duplicates dropped
     assert Path(paths["ikev2_decryption_table"]).read_text() == found.ike[0].uat_line() + "\n"
@@ -308,13 +309,13 @@ def test_tshark_decrypts_every_esp_packet_and_ike_auth(variant: str, role: str) 
 
 def test_command_line_writes_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "k"
-    rc = keys.main(["--log", str(FIX / "keys_cbc_charon_initiator.log"), "--out", str(out)])
+    rc = cli_keys.main(["--log", str(FIX / "keys_cbc_charon_initiator.log"), "--out", str(out)])
     assert rc == 0
     assert "wrote 1 IKE_SA(s)" in capsys.readouterr().out
     assert len((out / "esp_sa").read_text().splitlines()) == 2
     x = tmp_path / "x.txt"
     x.write_text(XFRM_TEXT)
-    assert keys.main(["--xfrm-file", str(x), "--tshark"]) == 0
+    assert cli_keys.main(["--xfrm-file", str(x), "--tshark"]) == 0
     items = capsys.readouterr().out.splitlines()
     assert items[0] == "-o" and sum(i.startswith("uat:esp_sa:") for i in items) == 2
-    assert keys.main(["--log", str(tmp_path / "missing.log")]) == 1
+    assert cli_keys.main(["--log", str(tmp_path / "missing.log")]) == 1

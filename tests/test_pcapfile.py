@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import dpkt
 import pytest
@@ -550,7 +550,7 @@ def test_reader_checks_the_nested_vlan_attribute_in_both_byte_orders(tmp: Path) 
         assert p.vlan == (0x8100, 42)
         bad = nflog_body(5, order=order) + tlv(NFULA.VLAN, struct.pack(order + "HH", 99, 1), order)
         path.write_bytes(pcap_header(order) + record(good, order=order) + record(bad, order=order))
-        got = []
+        got: list[object] = []
         with pytest.raises(CaptureFileError, match="malformed NFLOG record body") as info:
             got.extend(read_capture(path))
         assert len(got) == 1 and info.value.offset == 24 + 16 + len(good)
@@ -577,10 +577,10 @@ def test_reader_accepts_file_objects_and_leaves_them_open(tmp: Path) -> None:
         assert r.path == str(path)
         assert [p.as_dict() for p in r] == expected(ring)
         assert not f.closed
-    r, w = os.pipe()
-    os.write(w, pcap_header() + ring)
-    os.close(w)
-    with os.fdopen(r, "rb", buffering=0) as f:  # unbuffered pipe: short reads
+    rfd, wfd = os.pipe()
+    os.write(wfd, pcap_header() + ring)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb", buffering=0) as f:  # unbuffered pipe: short reads
         assert [p.as_dict() for p in CaptureReader(f)] == expected(ring)
 
 
@@ -596,7 +596,7 @@ def test_reader_close_stops_iteration_cleanly(tmp: Path) -> None:
 # -- reader: corrupt and truncated files ----------------------------------------------------
 def write_valid(path: Path, fmt: str, recs: list[bytes]) -> list[int]:
     """Write recs one batch each; returns the file offset where each record starts."""
-    starts = []
+    starts: list[int] = []
     with open_writer(path, fmt) as w:
         for rec in recs:
             starts.append(w.bytes_written + (64 if fmt == "pcapng" and not starts else 0))
@@ -653,7 +653,7 @@ class _no_raise:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         return False
 
 

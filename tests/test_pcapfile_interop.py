@@ -292,7 +292,8 @@ def test_our_reader_turns_tcpdumps_file_into_the_live_packets(captured: dict[str
     theirs = list(read_capture(captured["tcpdump"]))
     assert all(isinstance(p, Packet) for p in theirs)
     assert {p.group for p in theirs} == {GROUP_A} and {p.group for p in live} == {GROUP_B}
-    renamed = [(p.payload, p.prefix.replace("pa-", "pb-", 1), *essentials(p)[2:]) for p in theirs]
+    renamed = [(p.payload, p.prefix.replace("pa-", "pb-", 1), *essentials(p)[2:])  # type: ignore[union-attr]
+               for p in theirs]
     assert renamed == [essentials(p) for p in live]
     # Both rules logged the same skb; without an skb timestamp the kernel reads the clock
     # once per rule (skb_tstamp_cond), so the INPUT timestamps agree within microseconds.

@@ -267,6 +267,14 @@ def stop_capture(ns: str, tmp_path: Path, backend: str, user: bool, sig: int,
     assert ruleset(ns) == before
 
 
+def _cmdline(pid: str) -> bytes:
+    """A process's command line, b"" when it is gone (it may exit while we look)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes() if alive(int(pid)) else b""
+    except OSError:
+        return b""
+
+
 @pytest.mark.privileged
 @pytest.mark.parametrize("when", ["rules-in", "capturing"])
 @pytest.mark.parametrize("user", [False, True], ids=["root", "Z-nobody"])
@@ -507,8 +515,7 @@ def one_run(ns: str, tmp_path: Path, i: int, sig: int, user: bool, backend: str,
             stage = "packets" if valid_capture(out) else "empty file"
         except Exception as e:
             problems.append(f"bad file: {e}")
-    if any(alive(int(p)) and str(out).encode() in Path(f"/proc/{p}/cmdline").read_bytes()
-           for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{p}/cmdline")):
+    if any(str(out).encode() in _cmdline(p) for p in os.listdir("/proc") if p.isdigit()):
         problems.append("a capture process is left")
     now = ruleset(ns)
     if now != before:

@@ -115,7 +115,7 @@ def tunnel_capture(strongswan_peers: StrongswanPair,
         pair.terminate()
         timings["terminate"] = time.monotonic() - t1
         cap.stop()
-        writer = open_writer(pcap, "pcap") if open_writer else None
+        writer = open_writer(pcap, "pcap") if open_writer else None  # type: ignore[truthy-function]
         chunks: list[bytes] = []
         try:
             while True:

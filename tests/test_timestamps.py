@@ -21,14 +21,14 @@ pytestmark = pytest.mark.privileged
 
 def _echo(ident: int, seq: int) -> bytes:
     msg = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"t" * 16
-    c = sum(struct.unpack("!%dH" % (len(msg) // 2), msg))
+    c = sum(struct.unpack(f"!{len(msg) // 2}H", msg))
     c = (c >> 16) + (c & 0xFFFF)
     c += c >> 16
     return msg[:2] + struct.pack("!H", ~c & 0xFFFF) + msg[4:]
 
 
 def test_requests_are_stamped_before_their_replies(veth_pair: VethPair) -> None:
-    a, b = veth_pair.a, veth_pair.b
+    a = veth_pair.a
     nstools.run(["iptables", "-A", "OUTPUT", "-p", "icmp", "--icmp-type", "echo-request",
                  "-j", "NFLOG", "--nflog-group", "80"], ns=a)
     nstools.run(["iptables", "-t", "mangle", "-A", "PREROUTING", "-p", "icmp", "--icmp-type",

@@ -54,6 +54,7 @@ def raise_for_errno(
             assert isinstance(e, GroupBusyError)
             e.holder_pid, e.holder_comm = pid, comm
             raise e
+    if code == errno.EPERM:  # a group nobody holds, or no group at all: the capability
         raise _make(NflogPermissionError, code,
                     f"cannot {operation}{where}: {text}; capturing NFLOG needs CAP_NET_ADMIN "
                     f"(run as root or grant the capability)", group, operation)

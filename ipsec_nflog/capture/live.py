@@ -24,7 +24,7 @@ from ipsec_nflog.capture.filter import Filter
 from ipsec_nflog.capture.select import hook_mask
 from ipsec_nflog.capture.stats import CaptureStats, GroupStats
 from ipsec_nflog.nflog.packet import IfnameResolver, Packet
-from ipsec_nflog.system.netns import open_netns, run_in_netns
+from ipsec_nflog.system.netns import interface_index, open_netns, run_in_netns
 
 __all__ = ["Batch", "Capture"]
 
@@ -179,12 +179,7 @@ class Capture:
     def _ifindex(self, device: Union[str, int, None]) -> int:
         if device is None or isinstance(device, int):
             return device or 0
-        netns = self.config.netns
-        try:
-            return int(run_in_netns(netns, lambda: socket.if_nametoindex(device)))
-        except OSError:
-            where = f"network namespace {netns!r}" if netns else "this network namespace"
-            raise ValueError(f"no interface {device!r} in {where}") from None
+        return interface_index(self.config.netns, device)
 
     def _open(self, ring_fd: int, sockets: bool = True) -> None:
         ffi, lib, cfg = self._ffi, self._lib, self.config
@@ -352,11 +347,24 @@ class Capture:
             start = row[0]
             yield make(data[start : start + row[1]], row, resolver)
 
+    def drain_batches(self, max_packets: int | None = None) -> Iterator[Batch]:
+        """The records still in the ring, batch by batch without waiting, at most
+        ``max_packets`` of them (None: all). Each batch is released when the next is taken.
+        Use after ``stop()`` to end a capture."""
+        left = max_packets
+        while left is None or left > 0:
+            batch = self.read_batch(max_packets=min(left or 65536, 65536), timeout=0)
+            if batch is None:
+                return
+            if left is not None:
+                left -= batch.count
+            yield batch
+
     def drain_into(self, writer: Any) -> int:
         """Write every record still in the ring with ``writer.write_records`` (a
         ``pcapfile`` writer); returns how many. Use after ``stop()`` to end a capture."""
         n = 0
-        while (batch := self.read_batch(timeout=0)) is not None:
+        for batch in self.drain_batches():
             with batch:
                 writer.write_records(batch.data, batch.count)
                 n += batch.count

@@ -1,6 +1,8 @@
-"""Capture files, pure Python: pcap/pcapng/raw writers and rotation (``writer``), the file
-layouts (``format``), safe creation of output files (``durable``) and the reader
-(``reader``). Never imports the compiled core."""
+"""Capture files, pure Python. Writing: ``writer`` (``open_writer``, ``CaptureWriter``) puts
+together an encoder per format (``encoders``: pcap, raw; ``pcapng``), the durable file
+(``durable``: safe creation, one writev per batch, whole records on failure, background
+fdatasync), ``rotation`` (-C/-G/-W) and the ``options``. Reading: ``reader``. The layouts:
+``format``. Never imports the compiled core."""
 
 from __future__ import annotations
 

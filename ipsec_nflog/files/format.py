@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator
-from typing import Union
+
+from ipsec_nflog.nflog.codec import HOST, Buffer
 
 __all__ = [
     "BLOCK_EPB",
@@ -31,9 +32,8 @@ __all__ = [
     "Buffer",
     "CaptureFileError",
     "CaptureWriteError",
+    "layout",
 ]
-
-Buffer = Union[bytes, bytearray, memoryview]
 
 LINKTYPE_NULL = 0
 LINKTYPE_ETHERNET = 1
@@ -88,11 +88,23 @@ ISB_OPTIONS = {
 }
 ISB_CODES = {name: code for code, name in ISB_OPTIONS.items()}
 
-NFULA_TIMESTAMP = 3
-NFULA_PAYLOAD = 9
-NLA_TYPE_MASK = 0x3FFF
 
-HOST = "<" if struct.pack("=H", 1) == b"\x01\x00" else ">"
+
+def layout(fields: str, order: str = "=") -> struct.Struct:
+    """A Struct declared as data, dpkt's ``__hdr__`` style: ``"name:code name:code ..."``
+    (struct codes), so the names document what each field is."""
+    return struct.Struct(order + "".join(f.split(":")[1] for f in fields.split()))
+
+
+# The fixed parts of what the writers emit (host order; the reader takes the file's order).
+PCAP_FILE_HEADER = layout(
+    "magic:I version_major:H version_minor:H thiszone:i sigfigs:I snaplen:I linktype:I")
+SHB_FIELDS = layout("byte_order_magic:I major:H minor:H section_length:q")
+IDB_FIELDS = layout("linktype:H reserved:H snaplen:I")
+EPB_HEADER = layout(
+    "block_type:I block_len:I interface_id:I ts_high:I ts_low:I caplen:I orig_len:I")
+ISB_FIELDS = layout("interface_id:I ts_high:I ts_low:I")
+BLOCK_TRAILER = layout("block_len:I")
 
 
 class CaptureFileError(ValueError):

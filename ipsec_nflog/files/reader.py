@@ -36,7 +36,6 @@ from ipsec_nflog.files.format import (
     BLOCK_SHB,
     BLOCK_SPB,
     BYTE_ORDER_MAGIC,
-    HOST,
     IF_DESCRIPTION,
     IF_NAME,
     IF_TSOFFSET,
@@ -59,7 +58,8 @@ from ipsec_nflog.files.format import (
     split_timestamp,
     tsresol_units,
 )
-from ipsec_nflog.nflog.packet import IfnameResolver, Packet, ParseError, decode_ip, parse_nflog
+from ipsec_nflog.nflog.codec import HOST, NFGENMSG_LEN, TlvError, record_header, walk_tlvs
+from ipsec_nflog.nflog.packet import IfnameResolver, Packet, PacketBase, ParseError, parse_nflog
 
 __all__ = ["CaptureReader", "FilePacket", "Interface", "read_capture"]
 
@@ -90,7 +90,7 @@ def _ip_offset(linktype: int, frame: bytes) -> int | None:
     return None
 
 
-class FilePacket:
+class FilePacket(PacketBase):
     """A packet of a non-NFLOG link type: timestamp and payload, no NFLOG metadata.
 
     It has the attributes of :class:`~ipsec_nflog.nflog.packet.Packet`, so code written for live
@@ -98,7 +98,7 @@ class FilePacket:
     ``payload`` the IP packet in it (or the whole frame when there is no IP packet to find).
     """
 
-    __slots__ = ("_ip", "linktype", "orig_len", "payload", "raw", "ts_sec", "ts_usec")
+    __slots__ = ("_payload", "linktype", "orig_len", "raw", "ts_sec", "ts_usec")
 
     # NFLOG metadata a non-NFLOG file does not carry.
     version: int | None = None
@@ -138,8 +138,12 @@ class FilePacket:
         self.ts_usec = ts_usec
         self.orig_len = orig_len
         off = _ip_offset(linktype, raw)
-        self.payload: bytes = raw if off is None else raw[off:]
-        self._ip: Any = None
+        self._payload = raw if off is None else raw[off:]
+        self._ip = None
+
+    @property
+    def payload(self) -> bytes:
+        return self._payload
 
     @property
     def family(self) -> int:
@@ -158,21 +162,6 @@ class FilePacket:
     @property
     def unknown(self) -> dict[int, bytes]:
         return {}
-
-    @property
-    def ip(self) -> Any:
-        if self._ip is None:
-            self._ip = decode_ip(self.payload)
-        return self._ip
-
-    def as_dict(self) -> dict[str, Any]:
-        """The same keys as ``Packet.as_dict``."""
-        keys = (
-            "group family hw_protocol hook mark timestamp timestamp_synthesized indev outdev "
-            "physindev physoutdev hwaddr hwtype hwheader payload prefix uid gid seq seq_global "
-            "unknown"
-        ).split()
-        return {k: getattr(self, k) for k in keys}
 
     def __repr__(self) -> str:
         return (
@@ -205,18 +194,18 @@ class Interface:
 
 def _clip_cut_tlvs(body: bytes, order: str) -> bytes:
     """A snaplen-cut NFLOG body with its last TLV clipped to the bytes present."""
-    hdr = struct.Struct(order + "HH")
-    off, end = 4, len(body)
-    while off + 4 <= end:
-        length, _ = hdr.unpack_from(body, off)
-        if length < 4:
-            return body  # malformed, not cut: let the parser report it
-        if off + length > end:
+    off = NFGENMSG_LEN  # where the attribute after the last whole one starts
+    try:
+        for _, value, length in walk_tlvs(body, order):
+            off = value + ((length + 3) & ~3)
+    except TlvError as e:
+        if e.length is not None and e.length >= 4:  # runs past the end: the cut one
             fixed = bytearray(body)
-            struct.pack_into(order + "H", fixed, off, end - off)
+            struct.pack_into(order + "H", fixed, e.offset, len(body) - e.offset)
             return bytes(fixed)
-        off += (length + 3) & ~3
-    return body[:off] if off < end else body  # drop a partial TLV header
+        if e.length is not None:
+            return body  # malformed, not cut: let the parser report it
+    return body[:off] if off < len(body) else body  # drop a partial TLV header
 
 
 class CaptureReader:
@@ -363,7 +352,7 @@ class CaptureReader:
 
     def _pcap_packets(self) -> Iterator[AnyPacket]:
         iface = self.interfaces[0]
-        rec = struct.Struct(self.byteorder + "IIII")
+        rec = record_header(self.byteorder)
         limit = iface.caplen_limit
         while True:
             start = self.offset

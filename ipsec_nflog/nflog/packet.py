@@ -3,62 +3,44 @@
 A record body is a 4-byte ``nfgenmsg`` header (family, version, resource id = group in
 big-endian) followed by TLVs. Per the LINKTYPE_NFLOG spec and the kernel, TLV length and
 type are in the byte order of the host that captured the packet, while the values are in
-network byte order. This module never imports the compiled core, so it works anywhere.
+network byte order (the format and its one TLV walker: :mod:`ipsec_nflog.nflog.codec`). This
+module never imports the compiled core, so it works anywhere.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
-import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Union
+from typing import Any
+
+from ipsec_nflog.nflog.codec import (
+    ATTR_NAMES,
+    HOST,
+    INDEX_HEADER_WORDS,
+    INDEX_MALFORMED,
+    INDEX_SLOTS,
+    INDEX_UNKNOWN,
+    NFULA,
+    Buffer,
+    ParseError,
+    RecordError,
+    walk_records,
+    walk_tlvs,
+)
 
 __all__ = [
+    "AS_DICT_FIELDS",
     "ATTR_NAMES",
     "NFULA",
     "Packet",
+    "PacketBase",
     "ParseError",
     "hook_name",
     "iter_records",
     "orig_len_from_payload",
     "parse_nflog",
 ]
-
-Buffer = Union[bytes, bytearray, memoryview]
-
-
-class NFULA:
-    """NFLOG attribute types (``enum nfulnl_attr_type``)."""
-
-    PACKET_HDR = 1
-    MARK = 2
-    TIMESTAMP = 3
-    IFINDEX_INDEV = 4
-    IFINDEX_OUTDEV = 5
-    IFINDEX_PHYSINDEV = 6
-    IFINDEX_PHYSOUTDEV = 7
-    HWADDR = 8
-    PAYLOAD = 9
-    PREFIX = 10
-    UID = 11
-    SEQ = 12
-    SEQ_GLOBAL = 13
-    GID = 14
-    HWTYPE = 15
-    HWHEADER = 16
-    HWLEN = 17
-    CT = 18
-    CT_INFO = 19
-    VLAN = 20
-    L2HDR = 21
-
-
-ATTR_NAMES = {v: k for k, v in vars(NFULA).items() if not k.startswith("_")}
-
-NLA_F_NESTED = 0x8000
-NLA_F_NET_BYTEORDER = 0x4000
-NLA_TYPE_MASK = ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER) & 0xFFFF
 
 _HOOKS = {
     socket.AF_INET: ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
@@ -75,13 +57,6 @@ def hook_name(family: int, hook: int | None) -> str:
         return "?"
     names = _HOOKS.get(family, ())
     return names[hook] if 0 <= hook < len(names) else str(hook)
-
-
-class ParseError(ValueError):
-    """A record body is not a well-formed NFLOG message."""
-
-
-_HOST = "<" if sys.byteorder == "little" else ">"
 
 
 def orig_len_from_payload(payload: Buffer, caplen: int) -> int:
@@ -118,7 +93,36 @@ def _default_ifname(index: int) -> str | None:
         return None
 
 
-class Packet:
+AS_DICT_FIELDS = (
+    "group family hw_protocol hook mark timestamp timestamp_synthesized indev outdev physindev "
+    "physoutdev hwaddr hwtype hwheader payload prefix uid gid seq seq_global unknown"
+).split()
+
+
+class PacketBase:
+    """What every packet has, captured or read from a file: ``ip``, its payload decoded by
+    dpkt once, and ``as_dict``."""
+
+    __slots__ = ("_ip",)
+    _ip: Any
+
+    @property
+    def payload(self) -> bytes | None:
+        raise NotImplementedError
+
+    @property
+    def ip(self) -> Any:
+        """The payload decoded by dpkt (``dpkt.ip.IP`` or ``dpkt.ip6.IP6``), else ``None``."""
+        if self._ip is None:
+            self._ip = decode_ip(self.payload)
+        return self._ip
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field (:data:`AS_DICT_FIELDS`), for comparisons and JSON output."""
+        return {name: getattr(self, name) for name in AS_DICT_FIELDS}
+
+
+class Packet(PacketBase):
     """One NFLOG message. Absent attributes are ``None``.
 
     Attributes are decoded from ``raw`` on first access. ``timestamp`` comes from the pcap
@@ -129,7 +133,6 @@ class Packet:
     __slots__ = (
         "_ifname",
         "_index",
-        "_ip",
         "_le",
         "orig_len",
         "raw",
@@ -143,7 +146,7 @@ class Packet:
         ts_sec: int = 0,
         ts_usec: int = 0,
         orig_len: int | None = None,
-        byteorder: str = _HOST,
+        byteorder: str = HOST,
         ifname_resolver: IfnameResolver | None = None,
     ) -> None:
         if len(raw) < 4:
@@ -168,8 +171,8 @@ class Packet:
         p.ts_sec = index[2]
         p.ts_usec = index[3]
         p.orig_len = index[4]
-        p._index = index if not index[5] & _IDX_MALFORMED else None
-        p._le = _HOST == "<"
+        p._index = index if not index[INDEX_HEADER_WORDS] & INDEX_MALFORMED else None
+        p._le = HOST == "<"
         p._ifname = ifname_resolver or _default_ifname
         p._ip = None
         return p
@@ -188,11 +191,15 @@ class Packet:
         return (self.raw[2] << 8) | self.raw[3]
 
     # -- attributes ------------------------------------------------------------------
+    @property
+    def _order(self) -> str:
+        return "<" if self._le else ">"
+
     def _get(self, t: int) -> bytes | None:
         index = self._index
         if index is None:
-            index = self._index = _build_index(self.raw, self._le)
-        off = index[_IDX_BASE + t]
+            index = self._index = _build_index(self.raw, self._order)
+        off = index[INDEX_HEADER_WORDS + t]
         if not off:
             return None
         raw = self.raw
@@ -202,17 +209,16 @@ class Packet:
     @property
     def attrs(self) -> dict[int, bytes]:
         """Every attribute value by type, unknown ones included (a repeated type: last)."""
-        return _parse_tlvs(self.raw, "<" if self._le else ">")
+        return {t: self.raw[v : v + n] for t, v, n in walk_tlvs(self.raw, self._order)}
 
     def validate(self) -> Packet:
         """Check every TLV now; raises ParseError."""
-        self._index = _build_index(self.raw, self._le)
+        self._index = _build_index(self.raw, self._order)
         return self
 
     @property
     def hw_protocol(self) -> int | None:
-        v = self._get(NFULA.PACKET_HDR)
-        return _u16(v) if v is not None else None
+        return self._u16_of(NFULA.PACKET_HDR)
 
     @property
     def hook(self) -> int | None:
@@ -225,8 +231,7 @@ class Packet:
 
     @property
     def mark(self) -> int | None:
-        v = self._get(NFULA.MARK)
-        return _u32(v) if v is not None else None
+        return self._u32_of(NFULA.MARK)
 
     @property
     def kernel_timestamp(self) -> float | None:
@@ -245,25 +250,33 @@ class Packet:
     def timestamp_synthesized(self) -> bool:
         return self._get(NFULA.TIMESTAMP) is None
 
-    def _ifindex(self, t: int) -> int | None:
+    def _u32_of(self, t: int) -> int | None:
         v = self._get(t)
         return _u32(v) if v is not None else None
 
+    def _u16_of(self, t: int) -> int | None:
+        v = self._get(t)
+        return _u16(v) if v is not None else None
+
+    def _bytes_of(self, t: int) -> bytes | None:
+        v = self._get(t)
+        return None if v is None else bytes(v)
+
     @property
     def indev(self) -> int | None:
-        return self._ifindex(NFULA.IFINDEX_INDEV)
+        return self._u32_of(NFULA.IFINDEX_INDEV)
 
     @property
     def outdev(self) -> int | None:
-        return self._ifindex(NFULA.IFINDEX_OUTDEV)
+        return self._u32_of(NFULA.IFINDEX_OUTDEV)
 
     @property
     def physindev(self) -> int | None:
-        return self._ifindex(NFULA.IFINDEX_PHYSINDEV)
+        return self._u32_of(NFULA.IFINDEX_PHYSINDEV)
 
     @property
     def physoutdev(self) -> int | None:
-        return self._ifindex(NFULA.IFINDEX_PHYSOUTDEV)
+        return self._u32_of(NFULA.IFINDEX_PHYSOUTDEV)
 
     def _name(self, index: int | None) -> str | None:
         return None if index is None else self._ifname(index)
@@ -294,18 +307,15 @@ class Packet:
 
     @property
     def hwtype(self) -> int | None:
-        v = self._get(NFULA.HWTYPE)
-        return _u16(v) if v is not None else None
+        return self._u16_of(NFULA.HWTYPE)
 
     @property
     def hwheader(self) -> bytes | None:
-        v = self._get(NFULA.HWHEADER)
-        return None if v is None else bytes(v)
+        return self._bytes_of(NFULA.HWHEADER)
 
     @property
     def hwlen(self) -> int | None:
-        v = self._get(NFULA.HWLEN)
-        return _u16(v) if v is not None else None
+        return self._u16_of(NFULA.HWLEN)
 
     @property
     def payload(self) -> bytes | None:
@@ -321,34 +331,28 @@ class Packet:
 
     @property
     def uid(self) -> int | None:
-        v = self._get(NFULA.UID)
-        return _u32(v) if v is not None else None
+        return self._u32_of(NFULA.UID)
 
     @property
     def gid(self) -> int | None:
-        v = self._get(NFULA.GID)
-        return _u32(v) if v is not None else None
+        return self._u32_of(NFULA.GID)
 
     @property
     def seq(self) -> int | None:
-        v = self._get(NFULA.SEQ)
-        return _u32(v) if v is not None else None
+        return self._u32_of(NFULA.SEQ)
 
     @property
     def seq_global(self) -> int | None:
-        v = self._get(NFULA.SEQ_GLOBAL)
-        return _u32(v) if v is not None else None
+        return self._u32_of(NFULA.SEQ_GLOBAL)
 
     @property
     def ct(self) -> bytes | None:
         """The nested conntrack attribute (NFULA_CT), undecoded."""
-        v = self._get(NFULA.CT)
-        return None if v is None else bytes(v)
+        return self._bytes_of(NFULA.CT)
 
     @property
     def ct_info(self) -> int | None:
-        v = self._get(NFULA.CT_INFO)
-        return _u32(v) if v is not None else None
+        return self._u32_of(NFULA.CT_INFO)
 
     @property
     def vlan(self) -> tuple[int | None, int | None] | None:
@@ -356,55 +360,21 @@ class Packet:
         v = self._get(NFULA.VLAN)
         if v is None:
             return None
-        inner = _parse_tlvs(b"\0\0\0\0" + bytes(v), "<" if self._le else ">")
+        inner = {t: v[off : off + n] for t, off, n in walk_tlvs(v, self._order, 0)}
         p, t = inner.get(1), inner.get(2)
         return (_u16(p) if p is not None else None, _u16(t) if t is not None else None)
 
     @property
     def l2hdr(self) -> bytes | None:
-        v = self._get(NFULA.L2HDR)
-        return None if v is None else bytes(v)
+        return self._bytes_of(NFULA.L2HDR)
 
     @property
     def unknown(self) -> dict[int, bytes]:
         """Attributes this parser does not know, kept by type."""
         index = self._index
-        if index is not None and not index[_IDX_BASE] & _IDX_UNKNOWN:
+        if index is not None and not index[INDEX_HEADER_WORDS] & INDEX_UNKNOWN:
             return {}
         return {t: bytes(v) for t, v in self.attrs.items() if t not in ATTR_NAMES}
-
-    @property
-    def ip(self) -> Any:
-        """The payload decoded by dpkt (``dpkt.ip.IP`` or ``dpkt.ip6.IP6``), else ``None``."""
-        if self._ip is None:
-            self._ip = decode_ip(self.payload)
-        return self._ip
-
-    def as_dict(self) -> dict[str, Any]:
-        """Every field, for comparisons and JSON output."""
-        return {
-            "group": self.group,
-            "family": self.family,
-            "hw_protocol": self.hw_protocol,
-            "hook": self.hook,
-            "mark": self.mark,
-            "timestamp": self.timestamp,
-            "timestamp_synthesized": self.timestamp_synthesized,
-            "indev": self.indev,
-            "outdev": self.outdev,
-            "physindev": self.physindev,
-            "physoutdev": self.physoutdev,
-            "hwaddr": self.hwaddr,
-            "hwtype": self.hwtype,
-            "hwheader": self.hwheader,
-            "payload": self.payload,
-            "prefix": self.prefix,
-            "uid": self.uid,
-            "gid": self.gid,
-            "seq": self.seq,
-            "seq_global": self.seq_global,
-            "unknown": self.unknown,
-        }
 
     def __repr__(self) -> str:
         plen = len(self.payload or b"")
@@ -414,49 +384,16 @@ class Packet:
         )
 
 
-_IDX_BASE = 5  # struct nfc_index: 5 header words, then one slot per attribute type
-_IDX_SLOTS = 22
-_IDX_UNKNOWN = 1
-_IDX_MALFORMED = 2
-
-
-def _build_index(raw: Buffer, little: bool) -> list[int]:
+def _build_index(raw: Buffer, order: str) -> list[int]:
     """The pure-Python twin of the C core's nfc_index_records for one body: value offsets
     by attribute type (0: absent), flags in slot 0. Raises ParseError on bad TLVs."""
-    index = [0] * (_IDX_BASE + _IDX_SLOTS)
-    off, end = 4, len(raw)
-    while off + 4 <= end:
-        if little:
-            length, atype = raw[off] | raw[off + 1] << 8, raw[off + 2] | raw[off + 3] << 8
+    index = [0] * (INDEX_HEADER_WORDS + INDEX_SLOTS)
+    for atype, value, _ in walk_tlvs(raw, order):
+        if 0 < atype < INDEX_SLOTS:
+            index[INDEX_HEADER_WORDS + atype] = value
         else:
-            length, atype = raw[off] << 8 | raw[off + 1], raw[off + 2] << 8 | raw[off + 3]
-        if length < 4 or off + length > end:
-            raise ParseError(f"NFLOG attribute at offset {off} has bad length {length}")
-        atype &= NLA_TYPE_MASK
-        if 0 < atype < _IDX_SLOTS:
-            index[_IDX_BASE + atype] = off + 4
-        else:
-            index[_IDX_BASE] |= _IDX_UNKNOWN
-        off += (length + 3) & ~3
-    if off < end and any(raw[off:end]):
-        raise ParseError(f"{end - off} trailing bytes after NFLOG attributes at offset {off}")
+            index[INDEX_HEADER_WORDS] |= INDEX_UNKNOWN
     return index
-
-
-def _parse_tlvs(raw: Buffer, byteorder: str) -> dict[int, Any]:
-    """TLVs after the nfgenmsg header: {type: value}; raises ParseError on bad lengths."""
-    attrs: dict[int, Any] = {}
-    hdr = struct.Struct(byteorder + "HH")
-    off, end = 4, len(raw)
-    while off + 4 <= end:
-        length, atype = hdr.unpack_from(raw, off)
-        if length < 4 or off + length > end:
-            raise ParseError(f"NFLOG attribute at offset {off} has bad length {length}")
-        attrs[atype & NLA_TYPE_MASK] = raw[off + 4 : off + length]
-        off += (length + 3) & ~3
-    if off < end and any(raw[off:end]):
-        raise ParseError(f"{end - off} trailing bytes after NFLOG attributes at offset {off}")
-    return attrs
 
 
 def parse_nflog(
@@ -464,31 +401,27 @@ def parse_nflog(
     ts_sec: int = 0,
     ts_usec: int = 0,
     orig_len: int | None = None,
-    byteorder: str = _HOST,
+    byteorder: str = HOST,
     ifname_resolver: IfnameResolver | None = None,
 ) -> Packet:
     """Parse one LINKTYPE_NFLOG record body, validating every TLV eagerly."""
     return Packet(bytes(body), ts_sec, ts_usec, orig_len, byteorder, ifname_resolver).validate()
 
 
-_REC = struct.Struct(_HOST + "IIII")
-
-
 def iter_records(
     buf: Buffer, ifname_resolver: IfnameResolver | None = None
 ) -> Iterator[Packet]:
     """Packets from consecutive host-order pcap records (16-byte header + NFLOG body),
-    as found in the capture ring. Attributes are decoded lazily."""
+    as found in the capture ring. Attributes are decoded lazily. A record running past the
+    end raises ParseError; a partial header after the last record is ignored."""
     mv = memoryview(buf)
-    off, end = 0, len(mv)
-    unpack = _REC.unpack_from
-    while off + 16 <= end:
-        sec, usec, caplen, olen = unpack(mv, off)
-        start = off + 16
-        off = start + caplen
-        if off > end:
-            raise ParseError(f"record at offset {start - 16} runs past the buffer")
-        yield Packet(mv[start:off].tobytes(), sec, usec, olen, _HOST, ifname_resolver)
+    try:
+        for sec, usec, caplen, olen, body in walk_records(mv):
+            yield Packet(mv[body : body + caplen].tobytes(), sec, usec, olen, HOST,
+                         ifname_resolver)
+    except RecordError as e:
+        if not e.partial_header:
+            raise
 
 
 def decode_ip(payload: bytes | None) -> Any:

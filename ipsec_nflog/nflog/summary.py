@@ -100,8 +100,20 @@ def _ike(data: bytes, natt: bool) -> str:
             f"spi {ispi:016x}/{rspi:016x}, length {length}")
 
 
-def describe_ip(ip: Any) -> str:
-    """``src > dst: what`` for a dpkt IP/IP6 object."""
+_IP6_EXTENSIONS = (0, 43, 60)  # hop-by-hop, routing, destination options: (len + 1) * 8
+
+
+def _ip6_upper(raw: bytes) -> tuple[int, bytes]:
+    """The protocol after an IPv6 packet's extension headers and its bytes."""
+    nxt, off = raw[6] if len(raw) >= 40 else 59, 40
+    while off + 8 <= len(raw) and nxt in (*_IP6_EXTENSIONS, 44):
+        size = 8 if nxt == 44 else (raw[off + 1] + 1) * 8
+        nxt, off = raw[off], off + size
+    return nxt, raw[off:]
+
+
+def describe_ip(ip: Any, raw: bytes | None = None) -> str:
+    """``src > dst: what`` for a dpkt IP/IP6 object (``raw``: its bytes, when known)."""
     import dpkt
 
     src, dst = _addr(ip)
@@ -128,6 +140,14 @@ def describe_ip(ip: Any) -> str:
         v = "ICMP6" if isinstance(p, dpkt.icmp6.ICMP6) else "ICMP"
         return f"{src} > {dst}: {v} {what}{extra}"
     data = bytes(p) if not isinstance(p, bytes) else p
+    if not isinstance(ip, dpkt.ip.IP):  # dpkt takes IPv6 ESP/AH for extension headers
+        if raw is None:
+            try:
+                raw = bytes(ip)
+            except Exception:  # dpkt cannot always write back what it parsed
+                raw = b""
+        if raw:
+            proto, data = _ip6_upper(raw)
     if proto == PROTO_ESP:
         return f"{src} > {dst}: {_esp(data)}"
     if proto == PROTO_AH:
@@ -136,22 +156,30 @@ def describe_ip(ip: Any) -> str:
     return f"{src} > {dst}: ip-proto-{proto}, length {len(data)}"
 
 
+def _device(name: str | None, index: int | None) -> str:
+    """The interface's name where the capture knew it, else its index (``if2``): a file
+    read elsewhere must never be labelled with the reading host's names."""
+    return name or (f"if{index}" if index else "-")
+
+
 def summarize(pkt: Union[Packet, FilePacket], *, utc: bool = False) -> str:
     """``time group prefix hook in/out: ip summary`` for one packet, safe to print
     (:func:`printable`)."""
     t = _clock(pkt, datetime.timezone.utc if utc else None)
     mark = "~" if pkt.timestamp_synthesized else " "
-    devs = f"{pkt.indev_name or pkt.indev or '-'}>{pkt.outdev_name or pkt.outdev or '-'}"
-    prefix = pkt.prefix or ""
-    src = f"nflog:{pkt.group}" if pkt.group is not None else "file"
-    head = f"{t}{mark}{src} {pkt.hook_name:<11} {devs:<15} {prefix!s:<12}"
+    if pkt.group is None:  # not NFLOG (a raw or Ethernet file): no NFLOG columns, as tcpdump
+        head = f"{t}{mark}"
+    else:
+        devs = f"{_device(pkt.indev_name, pkt.indev)}>{_device(pkt.outdev_name, pkt.outdev)}"
+        prefix = pkt.prefix or ""
+        head = f"{t}{mark}nflog:{pkt.group} {pkt.hook_name:<11} {devs:<15} {prefix!s:<12}"
     ip = pkt.ip
     if ip is None:
         payload = pkt.payload
         what = f"no IP payload ({len(payload)} bytes)" if payload else "no payload"
     else:
         try:
-            what = describe_ip(ip)
+            what = describe_ip(ip, pkt.payload)
         except Exception as e:  # a summary must never stop a capture
             what = f"undecodable IP packet ({type(e).__name__})"
     trunc = f" [truncated {pkt.orig_len - len(pkt.raw)}]" if pkt.orig_len > len(pkt.raw) else ""

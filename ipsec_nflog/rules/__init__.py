@@ -23,22 +23,11 @@ Pure Python: this package never imports the compiled capture core.
 
 from __future__ import annotations
 
+from ipsec_nflog.rules.backend import BACKENDS, choose_backend
 from ipsec_nflog.rules.errors import KernelSupportError, RulesError, ToolMissingError
 from ipsec_nflog.rules.iptables import IptablesBackend, TaggedRule
-from ipsec_nflog.rules.lifecycle import (
-    BACKENDS,
-    InstalledRules,
-    Leftover,
-    active,
-    choose_backend,
-    cleanup,
-    find,
-    install,
-    installed,
-    remove,
-    render,
-    show,
-)
+from ipsec_nflog.rules.leftovers import Leftover, cleanup, find, remove, show
+from ipsec_nflog.rules.lifecycle import InstalledRules, active, install, installed, render
 from ipsec_nflog.rules.model import (
     COMMENT_PREFIX,
     PolicyElement,

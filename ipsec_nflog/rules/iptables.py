@@ -3,7 +3,8 @@
 Rules are installed and removed with ``iptables-restore -w --noflush`` batches fed on stdin:
 ``-I`` lines to install, ``-D`` lines of exactly the same rules to remove. ``--noflush``
 keeps every other rule; a batch is atomic per family (for the nft variant one transaction;
-for legacy one table replacement per ``COMMIT``).
+for legacy one table replacement per ``COMMIT``). The nft tables and chains iptables-nft
+creates on first use are removed with the rules once they are empty (:mod:`.first_use`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ipsec_nflog.rules import _run
-from ipsec_nflog.rules.errors import KernelSupportError, RulesError, ToolMissingError
+from ipsec_nflog.rules.errors import RulesError
+from ipsec_nflog.rules.first_use import FirstUse
+from ipsec_nflog.rules.iptables_errors import diagnose_failure
 from ipsec_nflog.rules.model import (
     COMMENT_PREFIX,
     AddrType,
@@ -28,14 +31,16 @@ from ipsec_nflog.rules.model import (
     Proto,
     Rule,
     RuleSet,
-    parse_owner_tag,
 )
 
 __all__ = [
     "IPTABLES_BACKENDS",
     "IptablesBackend",
+    "IptablesInstallation",
     "TaggedRule",
     "command_argv",
+    "diagnose_failure",
+    "present_backends",
     "restore_script",
     "rule_args",
 ]
@@ -49,15 +54,6 @@ IPTABLES_BACKENDS: dict[str, Variant] = {
 TABLE_ORDER = ("raw", "mangle", "filter")
 _TAG_IN_SAVE = re.compile(r'--comment "?' + re.escape(COMMENT_PREFIX) + r'([A-Za-z0-9-]+)"?')
 
-# which kernel module provides each match/target we use, and its Kconfig symbol
-KERNEL_MODULES = {
-    ("match", "policy"): ("xt_policy", "CONFIG_NETFILTER_XT_MATCH_POLICY"),
-    ("match", "addrtype"): ("xt_addrtype", "CONFIG_NETFILTER_XT_MATCH_ADDRTYPE"),
-    ("match", "multiport"): ("xt_multiport", "CONFIG_NETFILTER_XT_MATCH_MULTIPORT"),
-    ("match", "comment"): ("xt_comment", "CONFIG_NETFILTER_XT_MATCH_COMMENT"),
-    ("match", "ah"): ("ip6t_ah", "CONFIG_IP6_NF_MATCH_AH"),
-    ("target", "NFLOG"): ("xt_NFLOG", "CONFIG_NETFILTER_XT_TARGET_NFLOG"),
-}
 
 
 # -- rendering -----------------------------------------------------------------------------
@@ -186,6 +182,22 @@ class TaggedRule:
         return f"{exe} -t {self.table} {self.line}  # {self.backend}"
 
 
+@dataclass(frozen=True)
+class IptablesInstallation:
+    """Rules :meth:`IptablesBackend.install` added (an
+    :class:`ipsec_nflog.rules.backend.Installation`); they outlive a killed process.
+    ``first_use``: the nft tables and chains iptables-nft created for them."""
+
+    backend: IptablesBackend
+    rs: RuleSet
+    netns: str | None
+    first_use: FirstUse | None = None
+    owner: bool = False
+
+    def remove(self) -> None:
+        self.backend.remove(self.rs, self.netns, self.first_use)
+
+
 class IptablesBackend:
     """``iptables`` (whichever variant the system's iptables is), ``iptables-nft`` or
     ``iptables-legacy``."""
@@ -218,8 +230,10 @@ class IptablesBackend:
                 out.append(Batch(fam, self.restore_argv(fam), script))
         return out
 
-    def render(self, rs: RuleSet, action: Literal["install", "remove"] = "install") -> str:
-        """Shell-pasteable text: each batch as ``<restore command> <<'EOF' ... EOF``."""
+    def render(self, rs: RuleSet, action: Literal["install", "remove"] = "install", *,
+               owner: bool = False) -> str:
+        """Shell-pasteable text: each batch as ``<restore command> <<'EOF' ... EOF``.
+        ``owner`` is ignored: iptables rules never die with their process."""
         parts = []
         for b in self.batches(rs, action):
             parts.append(f"{' '.join(b.argv)} <<'EOF'\n{b.script}EOF\n")
@@ -239,15 +253,25 @@ class IptablesBackend:
         if r.returncode != 0:
             raise diagnose_failure(batch, r.returncode, r.stderr, what)
 
-    def install(self, rs: RuleSet, netns: str | None = None) -> None:
+    def creates_nft_tables(self) -> bool:
+        """Whether this variant is iptables-nft, which creates nft tables on first use."""
+        if self.variant == "system":
+            return self.detect_variant() == "nf_tables"
+        return self.variant == "nft"
+
+    def install(self, rs: RuleSet, netns: str | None = None) -> IptablesInstallation:
         """Install atomically per family; if a later family fails, the earlier ones are
-        removed again before the error propagates."""
+        removed again before the error propagates. For iptables-nft, the tables and chains
+        the install created are recorded, to be deleted with the rules."""
         install = self.batches(rs, "install")
         for b in install:  # fail early, before any change, when a binary is missing
             _run.find_tool(b.argv[0])
+        created = FirstUse(rs, netns) if self.creates_nft_tables() else None
         try:
             for b in install:
                 self._apply(b, netns, "install")
+            if created is not None:
+                created.record()
         except BaseException:
             # roll back every family, including one interrupted mid-batch (a -D batch of
             # rules that are not there fails as a whole and changes nothing)
@@ -256,11 +280,20 @@ class IptablesBackend:
                     self._apply(b, netns, "roll back")
                 except Exception:
                     pass
+            try:
+                if created is not None:
+                    created.record()
+                    created.drop()
+            except Exception:
+                pass
             raise
+        return IptablesInstallation(self, rs, netns, created)
 
-    def remove(self, rs: RuleSet, netns: str | None = None) -> None:
+    def remove(self, rs: RuleSet, netns: str | None = None,
+               created: FirstUse | None = None) -> None:
         """Delete exactly the rules we added (one ``-D`` batch per family). When that batch
-        fails (someone deleted one of them), remove whatever rules still carry our tag."""
+        fails (someone deleted one of them), remove whatever rules still carry our tag.
+        Then the tables and chains the install ``created`` go too, if they are empty."""
         errors = []
         for b in self.batches(rs, "remove"):
             try:
@@ -271,6 +304,11 @@ class IptablesBackend:
                     self.delete(left, netns)
                 except RulesError as e2:
                     errors.append(f"{e}; then {e2}")
+        try:
+            if created is not None:
+                created.drop()
+        except RulesError as e:
+            errors.append(str(e))
         if errors:
             raise RulesError("; ".join(errors))
 
@@ -338,77 +376,11 @@ def detect_variant(binary: str = "iptables") -> str:
     return "legacy"
 
 
-def owner_dead(rule: TaggedRule) -> bool:
-    """True when the rule's tag names a process that no longer runs."""
-    owner = parse_owner_tag(rule.tag)
-    return owner is not None and not owner.owner_alive()
-
-
-# -- error diagnosis -----------------------------------------------------------------------
-
-
-def _proc_list(path: str) -> set[str] | None:
-    try:
-        with open(path) as f:
-            return {ln.strip() for ln in f if ln.strip()}
-    except OSError:
-        return None
-
-
-def needed_extensions(script: str, family: Family) -> list[tuple[str, str]]:
-    """(kind, name) of the matches and targets a batch uses."""
-    need: list[tuple[str, str]] = []
-    for kind, name in (("match", "policy"), ("match", "addrtype"), ("match", "multiport"),
-                       ("match", "comment"), ("match", "ah")):
-        if f"-m {name} " in script and (name != "ah" or family == "ipv6"):
-            need.append((kind, name))
-    if "-j NFLOG" in script:
-        need.append(("target", "NFLOG"))
-    return need
-
-
-def missing_kernel_extensions(script: str, family: Family,
-                              proc_dir: str = "/proc/net") -> list[tuple[str, str]]:
-    """The extensions the batch needs that the kernel has not registered (after the failed
-    attempt, which loads what can be loaded)."""
-    prefix = "ip" if family == "ipv4" else "ip6"
-    have = {
-        "match": _proc_list(f"{proc_dir}/{prefix}_tables_matches"),
-        "target": _proc_list(f"{proc_dir}/{prefix}_tables_targets"),
-    }
-    out = []
-    for kind, name in needed_extensions(script, family):
-        names = have[kind]
-        if names is not None and name not in names:
-            out.append((kind, name))
+def present_backends() -> list[IptablesBackend]:
+    """The variants installed here: iptables-nft and iptables-legacy where their tools
+    exist, else the plain ``iptables`` (an old iptables without variant names)."""
+    out = [IptablesBackend(n) for n in ("iptables-nft", "iptables-legacy")
+           if _run.tool_available(IptablesBackend(n).binary("ipv4", "-save"))]
+    if not out and _run.tool_available("iptables-save"):
+        out.append(IptablesBackend("iptables"))
     return out
-
-
-_USERSPACE_EXT = re.compile(r"Couldn't load (match|target) `([^']+)'")
-_LINE = re.compile(r"line:? (\d+)")
-
-
-def diagnose_failure(batch: Batch, returncode: int, stderr: str, what: str,
-                     proc_dir: str = "/proc/net") -> RulesError:
-    """Turn a failed iptables-restore into an error that says what to install."""
-    err = stderr.strip()
-    lines = batch.script.splitlines()
-    m = _LINE.search(err)
-    where = ""
-    if m and 1 <= int(m.group(1)) <= len(lines):
-        where = f" at line {m.group(1)} ({lines[int(m.group(1)) - 1]!r})"
-    base = f"{batch.argv[0]} could not {what} the rules{where}: {err or 'exit ' + str(returncode)}"
-    u = _USERSPACE_EXT.search(err)
-    if u:
-        lib = ("libip6t_" if u.group(2) == "ah" else "libxt_") + u.group(2)
-        return ToolMissingError(f"the iptables extension {lib}.so", "iptables", detail=base)
-    missing = missing_kernel_extensions(batch.script, batch.family, proc_dir)
-    if missing and what != "remove":
-        mods = [KERNEL_MODULES[k] for k in missing if k in KERNEL_MODULES]
-        names = ", ".join(f"{mod} ({cfg})" for mod, cfg in mods)
-        return KernelSupportError(
-            f"{base}. The kernel lacks {names}: load it with 'modprobe "
-            f"{mods[0][0]}' or use a kernel built with it",
-            modules=[m_[0] for m_ in mods], argv=batch.argv, returncode=returncode,
-            stderr=stderr)
-    return RulesError(base, argv=batch.argv, returncode=returncode, stderr=stderr)

@@ -1,6 +1,9 @@
-"""Installing, always removing, and cleaning up after crashes.
+"""Installing and always removing (finding and cleaning up leftovers: :mod:`.leftovers`).
 
 - :func:`install` returns an :class:`InstalledRules` handle; ``remove()`` is idempotent.
+  Only the :class:`ipsec_nflog.rules.backend.Backend` protocol is used here: the handle
+  keeps the backend's :class:`~ipsec_nflog.rules.backend.Installation`, which removes
+  exactly what was installed.
 - :func:`installed` is the context manager: removal on normal exit and on exceptions.
 - While any handle is active, SIGINT, SIGTERM and SIGHUP handlers (main thread only)
   remove every active rule set, then chain to the previous handler (the default action is
@@ -14,7 +17,8 @@
 - ``remove()`` raises :class:`NetnsGoneError` if the named namespace was deleted meanwhile:
   the rules went with it (an nft owner table is removed through its socket anyway).
 - SIGKILL cannot be caught: nft owner tables vanish with the process; iptables rules stay
-  until :func:`cleanup` removes every rule whose tag names a process that is gone.
+  until :func:`ipsec_nflog.rules.leftovers.cleanup` removes every rule whose tag names a
+  process that is gone.
 """
 
 from __future__ import annotations
@@ -27,20 +31,20 @@ import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
-from typing import Any, Literal, Union
+from typing import Any, Union
 
-from ipsec_nflog.rules import _run
-from ipsec_nflog.rules.errors import RulesError, ToolMissingError
-from ipsec_nflog.rules.iptables import IPTABLES_BACKENDS, IptablesBackend, TaggedRule, owner_dead
-from ipsec_nflog.rules.model import RuleSet, new_persistent_tag, validate_tag
-from ipsec_nflog.rules.nft import (
-    NftBackend,
-    NftInstallation,
-    NftTable,
-    nft_unsupported,
-    table_owner_dead,
+from ipsec_nflog.rules.backend import (
+    BACKENDS,
+    Action,
+    Backend,
+    Installation,
+    choose_backend,
+    make_backend,
+    validate_backend,
 )
-from ipsec_nflog.rules.presets import build
+from ipsec_nflog.rules.errors import RulesError
+from ipsec_nflog.rules.model import RuleSet, new_persistent_tag
+from ipsec_nflog.rules.presets import as_ruleset
 from ipsec_nflog.system.netns import netns_path, open_netns, validate_netns_name
 from ipsec_nflog.system.signals import STOP_SIGNALS, held
 from ipsec_nflog.system.signals import active as signal_owner
@@ -48,61 +52,13 @@ from ipsec_nflog.system.signals import active as signal_owner
 __all__ = [
     "BACKENDS",
     "InstalledRules",
-    "Leftover",
     "NetnsGoneError",
+    "active",
     "choose_backend",
-    "cleanup",
-    "find",
     "install",
     "installed",
-    "remove",
     "render",
-    "show",
 ]
-
-BACKENDS = ("nft", *IPTABLES_BACKENDS)
-Leftover = Union[TaggedRule, NftTable]
-Action = Literal["install", "remove"]
-
-
-def _validate_backend(backend: str | None) -> str | None:
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)} (or None "
-                         f"to choose automatically)")
-    return backend
-
-
-def choose_backend(rs: RuleSet | None = None) -> str:
-    """The backend to use when none is given.
-
-    1. ``nft`` when libnftables loads and the kernel has the owner flag (>= 5.12): the
-       kernel removes the rules even if the process is SIGKILLed;
-    2. otherwise ``iptables`` (the system's variant, nft or legacy);
-    3. otherwise ``nft`` through the ``nft`` command.
-    A rule set nft cannot express (policy ``proto``/``mode``) skips 1 and 3.
-    """
-    nft_ok = rs is None or nft_unsupported(rs) is None
-    if nft_ok and NftBackend.owner_available():
-        return "nft"
-    if _run.tool_available("iptables-restore") and _run.tool_available("iptables"):
-        return "iptables"
-    if nft_ok and _run.tool_available("nft"):
-        return "nft"
-    if not nft_ok:
-        raise ToolMissingError("iptables-restore", "iptables",
-                               "policy proto/mode filters need an iptables backend")
-    raise ToolMissingError("iptables-restore or nft", "nftables libnftables1",
-                           "or apt-get install iptables")
-
-
-def _ruleset(preset: Union[str, RuleSet], options: dict[str, Any]) -> RuleSet:
-    if isinstance(preset, RuleSet):
-        if options:
-            raise ValueError("options cannot be given with a prebuilt RuleSet")
-        return preset
-    if "group" not in options:
-        raise ValueError("group= (the NFLOG group, 0..65535) is required")
-    return build(preset, **options)
 
 
 def render(preset: Union[str, RuleSet], backend: str | None = "iptables", *,
@@ -113,16 +69,18 @@ def render(preset: Union[str, RuleSet], backend: str | None = "iptables", *,
     ``nft``: ``nft -f - <<'EOF' ... EOF`` (``owner=True`` adds ``flags owner``, as used
     in-process). ``backend=None`` renders for the backend :func:`choose_backend` picks here.
     ``options`` are those of :func:`ipsec_nflog.rules.presets.build` (``group`` required);
-    pass ``tag=`` to render removal commands for an earlier installation.
+    pass ``tag=`` to render removal commands for an earlier installation. Without ``tag``
+    the rules get a persistent tag (``keep-<random>``, as ``install(persistent=True)``):
+    pasted commands outlive this process, and a tag naming it would make
+    :func:`~ipsec_nflog.rules.leftovers.cleanup` delete them as stale once it has exited.
     """
-    _validate_backend(backend)
+    validate_backend(backend)
     if action not in ("install", "remove"):
         raise ValueError(f"action must be 'install' or 'remove', not {action!r}")
-    rs = _ruleset(preset, options)
-    name = backend or choose_backend(rs)
-    if name == "nft":
-        return NftBackend().render(rs, action, owner=owner)
-    return IptablesBackend(name).render(rs, action)
+    if not isinstance(preset, RuleSet) and options.get("tag") is None:
+        options["tag"] = new_persistent_tag()
+    rs = as_ruleset(preset, options)
+    return make_backend(backend or choose_backend(rs)).render(rs, action, owner=owner)
 
 
 # -- handles -------------------------------------------------------------------------------
@@ -162,7 +120,7 @@ class InstalledRules:
     """Rules installed by this process. ``remove()`` deletes exactly them (idempotent)."""
 
     def __init__(self, ruleset: RuleSet, backend: str, netns: str | None,
-                 state: NftInstallation | None) -> None:
+                 state: Installation) -> None:
         self.ruleset = ruleset
         self.backend = backend
         self.netns = netns
@@ -187,13 +145,11 @@ class InstalledRules:
     @property
     def owner_table(self) -> bool:
         """True for an nft table with ``flags owner`` (removed by the kernel if we die)."""
-        return self._state is not None and self._state.owner
+        return self._state.owner
 
     def commands(self, action: Action = "install") -> str:
         """The commands this installation ran (or would run to remove it)."""
-        if self.backend == "nft":
-            return NftBackend().render(self.ruleset, action, owner=self.owner_table)
-        return IptablesBackend(self.backend).render(self.ruleset, action)
+        return make_backend(self.backend).render(self.ruleset, action, owner=self.owner_table)
 
     def remove(self) -> None:
         """Delete the rules. Idempotent; a no-op in a forked child (the parent owns them).
@@ -204,7 +160,7 @@ class InstalledRules:
             gone = self.netns is not None and _netns_identity(self.netns) != self._netns_id
             try:
                 if self.owner_table or not gone:
-                    self._delete()
+                    self._state.remove()
             except BaseException:
                 # an owner table is gone once its socket is closed, whatever the delete said
                 if self.owner_table:
@@ -216,13 +172,6 @@ class InstalledRules:
         if gone and not self.owner_table:
             assert self.netns is not None
             raise NetnsGoneError(self.netns, self.preset)
-
-    def _delete(self) -> None:
-        if self.backend == "nft":
-            assert self._state is not None
-            NftBackend().remove(self._state)  # an owner table through its socket: no name
-        else:
-            IptablesBackend(self.backend).remove(self.ruleset, self.netns)
 
     def __enter__(self) -> InstalledRules:
         return self
@@ -250,10 +199,11 @@ def install(preset: Union[str, RuleSet], *, backend: str | None = None,
     thread only; not while a :class:`ipsec_nflog.system.signals.StopSignals` owns them).
     ``persistent``: rules that outlive this process (for ``ipsec-nflog rules install``):
     tag ``keep-<random>``, no owner flag, no signal/atexit removal, never removed by
-    :func:`cleanup` without ``force``; remove them with :func:`remove`.
+    :func:`~ipsec_nflog.rules.leftovers.cleanup` without ``force``; remove them with
+    :func:`~ipsec_nflog.rules.leftovers.remove`.
     ``options``: see :func:`ipsec_nflog.rules.presets.build` (``group`` required).
     """
-    _validate_backend(backend)
+    validate_backend(backend)
     if persistent:
         if nft_owner:
             raise ValueError("persistent rules cannot use the nft owner flag (the table "
@@ -261,26 +211,27 @@ def install(preset: Union[str, RuleSet], *, backend: str | None = None,
         nft_owner = False
         if not isinstance(preset, RuleSet) and options.get("tag") is None:
             options["tag"] = new_persistent_tag()
-    rs = _ruleset(preset, options)
+    rs = as_ruleset(preset, options)
     if netns is not None:
         os.close(open_netns(validate_netns_name(netns)))
-    name = backend or choose_backend(rs)
-    if nft_owner and name != "nft":
-        raise ValueError("nft_owner applies to the nft backend only")
+    chosen = make_backend(backend or choose_backend(rs), nft_owner)
+    return _install_and_register(chosen, rs, netns, register=not persistent,
+                                 hook_signals=not persistent and handle_signals)
+
+
+def _install_and_register(backend: Backend, rs: RuleSet, netns: str | None, *,
+                          register: bool, hook_signals: bool) -> InstalledRules:
+    """Install, then register for removal on signals and at exit, as one step that no
+    stop signal can cut in two."""
     global _installing
     try:
         with _lock, held():  # no signal between "installed" and "registered for removal"
-            if not persistent and handle_signals:
+            if hook_signals:
                 _hook_signals()  # before installing: a signal must not find SIG_DFL meanwhile
             _installing += 1
             try:
-                if name == "nft":
-                    state: NftInstallation | None = NftBackend(nft_owner).install(rs, netns)
-                else:
-                    IptablesBackend(name).install(rs, netns)
-                    state = None
-                handle = InstalledRules(rs, name, netns, state)
-                if not persistent:
+                handle = InstalledRules(rs, backend.name, netns, backend.install(rs, netns))
+                if register:
                     _register(handle)
             finally:
                 _installing -= 1
@@ -395,104 +346,3 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     # SIG_DFL (or a handler set from C): die from the signal, as without us
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
-
-
-# -- finding, showing and cleaning up ------------------------------------------------------
-
-
-def _iptables_backends_present() -> list[IptablesBackend]:
-    out = [IptablesBackend(n) for n in ("iptables-nft", "iptables-legacy")
-           if _run.tool_available(IptablesBackend(n).binary("ipv4", "-save"))]
-    if not out and _run.tool_available("iptables-save"):
-        out.append(IptablesBackend("iptables"))
-    return out
-
-
-def find(netns: str | None = None) -> list[Leftover]:
-    """Every rule (iptables-nft, iptables-legacy) and nft table carrying our tag."""
-    if netns is not None:
-        os.close(open_netns(validate_netns_name(netns)))
-    found: list[Leftover] = []
-    for b in _iptables_backends_present():
-        found += b.tagged_rules(netns)
-    found += NftBackend.tables(netns)
-    return found
-
-
-def show(netns: str | None = None) -> str:
-    """Our rules currently installed, as iptables-save lines and nft tables ("" if none)."""
-    parts: list[str] = []
-    for item in find(netns):
-        if isinstance(item, TaggedRule):
-            parts.append(str(item))
-        else:
-            parts.append(f"# {item}\n" + NftBackend.list_table(item.family, item.name,
-                                                               netns).rstrip())
-    return "\n".join(parts) + ("\n" if parts else "")
-
-
-def cleanup(netns: str | None = None, *, force: bool = False) -> list[Leftover]:
-    """Remove every rule and nft table with our tag whose owner process is gone.
-
-    The owner is alive when a process with the tag's PID and start time exists (PIDs of
-    this PID namespace). ``force=True`` removes all of ours except this process's active
-    ones, whatever their owner. Owner-flag nft tables of live sockets cannot be deleted by
-    anyone else and are skipped. Returns what was removed.
-    """
-    mine = {h.tag for h in active()}
-
-    def stale(x: Leftover) -> bool:
-        if x.tag in mine:
-            return False
-        return force or (owner_dead(x) if isinstance(x, TaggedRule) else table_owner_dead(x))
-
-    removed, errors = _delete([x for x in find(netns) if stale(x)], netns,
-                              skip_owned_tables=True)
-    if errors:
-        raise RulesError(f"cleanup removed {len(removed)} item(s) but failed: "
-                         + "; ".join(errors))
-    return removed
-
-
-def remove(tag: str, *, netns: str | None = None) -> list[Leftover]:
-    """Remove every rule and nft table carrying ``tag`` (e.g. persistent rules installed
-    by an earlier ``ipsec-nflog rules install``); returns what was removed."""
-    validate_tag(tag)
-    found = [x for x in find(netns) if x.tag == tag]
-    for h in active():
-        if h.tag == tag and h.netns == netns:
-            h.remove()
-            return found
-    removed, errors = _delete(found, netns, skip_owned_tables=False)
-    if errors:
-        raise RulesError(f"removed {len(removed)} item(s) of {tag} but failed: "
-                         + "; ".join(errors))
-    return removed
-
-
-def _delete(items: list[Leftover], netns: str | None,
-            skip_owned_tables: bool) -> tuple[list[Leftover], list[str]]:
-    removed: list[Leftover] = []
-    errors: list[str] = []
-    for b in _iptables_backends_present():
-        rows = [x for x in items if isinstance(x, TaggedRule) and x.backend == b.name]
-        if not rows:
-            continue
-        try:
-            b.delete(rows, netns)
-            removed += rows
-        except RulesError as e:
-            errors.append(str(e))
-    for t in items:
-        if not isinstance(t, NftTable):
-            continue
-        try:
-            NftBackend.delete_table(t, netns)
-            removed.append(t)
-        except RulesError as e:
-            owned = t.owner and "Operation not permitted" in (e.stderr or "")
-            if owned and skip_owned_tables:
-                continue  # a live socket owns it; it goes away with that socket
-            errors.append(f"{e}" + (" (an owner table: only the process that created it "
-                                    "can delete it)" if owned else ""))
-    return removed, errors

@@ -52,7 +52,6 @@ from ipsec_nflog.rules.model import (
     Proto,
     Rule,
     RuleSet,
-    parse_owner_tag,
 )
 
 __all__ = [
@@ -280,7 +279,8 @@ class NftTable:
 
 
 class NftInstallation:
-    """What :meth:`NftBackend.install` leaves behind: the open context for an owner table."""
+    """What :meth:`NftBackend.install` leaves behind: the open context for an owner table
+    (an :class:`ipsec_nflog.rules.backend.Installation`)."""
 
     def __init__(self, rs: RuleSet, netns: str | None, ctx: NftContext | None) -> None:
         self.rs, self.netns, self.ctx = rs, netns, ctx
@@ -288,6 +288,9 @@ class NftInstallation:
     @property
     def owner(self) -> bool:
         return self.ctx is not None
+
+    def remove(self) -> None:
+        NftBackend().remove(self)  # an owner table through its socket: no name needed
 
 
 class NftBackend:
@@ -406,9 +409,4 @@ class NftBackend:
         if r.returncode != 0 and "No such file or directory" not in r.stderr:
             raise RulesError(f"{' '.join(argv)} failed: {r.stderr.strip()}", argv=argv,
                              returncode=r.returncode, stderr=r.stderr)
-
-
-def table_owner_dead(table: NftTable) -> bool:
-    owner = parse_owner_tag(table.tag)
-    return owner is not None and not owner.owner_alive()
 

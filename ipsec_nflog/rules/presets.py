@@ -16,6 +16,7 @@ from ipsec_nflog.rules.model import (
     INGRESS_CHAINS,
     AddrType,
     DPorts,
+    Family,
     Iface,
     Match,
     NflogTarget,
@@ -31,9 +32,10 @@ from ipsec_nflog.rules.model import (
     validate_tag,
 )
 
-__all__ = ["PRESETS", "Preset", "build", "preset_names"]
+__all__ = ["PRESETS", "Preset", "as_ruleset", "build", "preset_names"]
 
 Table = Literal["raw", "mangle", "filter"]
+PolicyKind = Literal["ipsec", "none"]
 Chain = Literal["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
 
 
@@ -164,26 +166,53 @@ def build(
     tag = validate_tag(tag) if tag is not None else new_owner_tag()
     if not isinstance(strict, bool):
         raise ValueError(f"strict must be True or False, not {strict!r}")
+    ports = _ike_ports(p, ike_ports)
+    device, iface = _interfaces(p, interface)
+    first = PolicyElement(reqid, spi, proto, mode, tunnel_src, tunnel_dst,
+                          frozenset([negate] if isinstance(negate, str) else negate))
+    elements = _policy_elements(p, families, pol, strict, first, next_elements)
+    views = _Views(target, iface, device, ports, pol, strict, elements)
+    rules = tuple(rule for part in p.parts for rule in views.rules(part))
+    return RuleSet(preset, families, rules, tag, {
+        "group": group, "prefix": prefix, "snaplen": snaplen, "threshold": threshold,
+        "family": family, "interface": interface, "ike_ports": tuple(ports[2:]),
+        "pol": pol, "strict": strict, "elements": elements,
+    })
 
-    # IKE ports
+
+def as_ruleset(preset: Union[str, RuleSet], options: dict[str, Any]) -> RuleSet:
+    """``preset`` itself when it is a built :class:`RuleSet` (no options allowed then),
+    else :func:`build` of that name with ``options`` (``group`` required)."""
+    if isinstance(preset, RuleSet):
+        if options:
+            raise ValueError("options cannot be given with a prebuilt RuleSet")
+        return preset
+    if "group" not in options:
+        raise ValueError("group= (the NFLOG group, 0..65535) is required")
+    return build(preset, **options)
+
+
+def _ike_ports(p: Preset, ike_ports: Iterable[int]) -> tuple[int, ...]:
     extra_ports = tuple(ike_ports) if not isinstance(ike_ports, (str, bytes, int)) else ike_ports
     if extra_ports and not p.has_ike:
         raise ValueError(f"ike_ports apply to presets with IKE rules (ike-esp-in, ike-esp-out, "
-                         f"all), not {preset!r}")
-    ports = dedupe_ports(extra_ports)
+                         f"all), not {p.name!r}")
+    return dedupe_ports(extra_ports)
 
-    # interface
+
+def _interfaces(p: Preset, interface: str | None) -> tuple[str, str | None]:
+    """(the TUN device of a device preset or "", the interface matched by the others)."""
     if p.is_device:
-        device = validate_interface(interface if interface is not None
-                                    else LIBIPSEC_DEFAULT_DEVICE, "TUN device")
-        iface: str | None = None
-    else:
-        device = ""
-        iface = validate_interface(interface) if interface is not None else None
+        return validate_interface(interface if interface is not None
+                                  else LIBIPSEC_DEFAULT_DEVICE, "TUN device"), None
+    return "", validate_interface(interface) if interface is not None else None
 
-    # policy
-    negate_set = frozenset([negate] if isinstance(negate, str) else negate)
-    first = PolicyElement(reqid, spi, proto, mode, tunnel_src, tunnel_dst, negate_set)
+
+def _policy_elements(p: Preset, families: tuple[Family, ...], pol: PolicyKind, strict: bool,
+                     first: PolicyElement,
+                     next_elements: Sequence[Union[PolicyElement, Mapping[str, Any]]]
+                     ) -> tuple[PolicyElement, ...]:
+    """The validated policy elements: ``first`` unless empty, then those after --next."""
     if isinstance(next_elements, (str, bytes, Mapping)):
         raise ValueError("next_elements must be a list of policy elements")
     rest = tuple(PolicyElement.coerce(e) for e in next_elements)
@@ -197,7 +226,7 @@ def build(
     if policy_given and not p.has_policy:
         raise ValueError(f"policy options (pol, reqid, spi, proto, mode, tunnel-src, "
                          f"tunnel-dst, strict, next) apply to presets with policy rules "
-                         f"(decap, local, forward, outgoing, all), not {preset!r}")
+                         f"(decap, local, forward, outgoing, all), not {p.name!r}")
     # validate the policy once up front (direction does not matter for these checks)
     Policy("in", pol, strict, elements)
     if any(e.tunnel_src is not None or e.tunnel_dst is not None for e in elements):
@@ -207,29 +236,33 @@ def build(
                              "'ipv6')")
         for e in elements:
             e.for_family(families[0])
+    return elements
 
-    rules: list[Rule] = []
-    for part in p.parts:
+
+@dataclass(frozen=True)
+class _Views:
+    """The validated options every part of a preset turns into rules."""
+
+    target: NflogTarget
+    iface: str | None
+    device: str
+    ports: tuple[int, ...]
+    pol: PolicyKind
+    strict: bool
+    elements: tuple[PolicyElement, ...]
+
+    def rules(self, part: _Part) -> list[Rule]:
+        if part.kind == "device":
+            return [Rule(part.table, part.chain, (Iface(part.direction, self.device),),
+                         self.target)]
         base: list[Match] = []
-        if iface is not None:
-            base.append(Iface("in" if part.chain in INGRESS_CHAINS else "out", iface))
+        if self.iface is not None:
+            base.append(Iface("in" if part.chain in INGRESS_CHAINS else "out", self.iface))
         if part.kind == "ike-esp":
-            rules.append(Rule(part.table, part.chain, (*base, Proto("esp")), target))
-            rules.append(Rule(part.table, part.chain, (*base, Proto("ah")), target))
-            rules.append(Rule(part.table, part.chain, (*base, Proto("udp"), DPorts(ports)),
-                              target))
-        elif part.kind == "policy":
-            ms = list(base)
-            if part.addrtype_local is not None:
-                ms.append(AddrType(part.addrtype_local))
-            ms.append(Policy(part.direction, pol, strict, elements))
-            rules.append(Rule(part.table, part.chain, tuple(ms), target))
-        else:
-            rules.append(Rule(part.table, part.chain, (Iface(part.direction, device),), target))
-
-    options: dict[str, Any] = {
-        "group": group, "prefix": prefix, "snaplen": snaplen, "threshold": threshold,
-        "family": family, "interface": interface, "ike_ports": tuple(ports[2:]),
-        "pol": pol, "strict": strict, "elements": elements,
-    }
-    return RuleSet(preset, families, tuple(rules), tag, options)
+            return [Rule(part.table, part.chain, tuple(ms), self.target) for ms in (
+                [*base, Proto("esp")], [*base, Proto("ah")],
+                [*base, Proto("udp"), DPorts(self.ports)])]
+        if part.addrtype_local is not None:
+            base.append(AddrType(part.addrtype_local))
+        base.append(Policy(part.direction, self.pol, self.strict, self.elements))
+        return [Rule(part.table, part.chain, tuple(base), self.target)]

@@ -47,7 +47,7 @@ def _setns(fd: int, nstype: int) -> None:
 
 
 def validate_netns_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in (".", ".."):
         raise ValueError(f"invalid network namespace name {name!r}")
     return name
 
@@ -128,3 +128,15 @@ def delete_netns(name: str) -> None:
         run_cmd(["ip", "netns", "del", name], check=False)
     except Exception:
         pass
+
+
+def interface_index(netns: str | None, device: str) -> int:
+    """The ifindex of ``device`` in the namespace (None: this one); ValueError naming both
+    when there is none."""
+    import socket
+
+    try:
+        return int(run_in_netns(netns, lambda: socket.if_nametoindex(device)))
+    except OSError:
+        where = f"network namespace {netns!r}" if netns else "this network namespace"
+        raise ValueError(f"no interface {device!r} in {where}") from None
