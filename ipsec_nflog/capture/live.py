@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from functools import lru_cache
 from typing import Any, Union
 
+from ipsec_nflog.capture.batch import Batch
 from ipsec_nflog.capture.config import CaptureConfig
 from ipsec_nflog.capture.errmap import raise_for_errno
 from ipsec_nflog.capture.filter import Filter
@@ -45,59 +46,6 @@ def _ifname_resolver(netns: str | None) -> IfnameResolver:
             return None
 
     return resolve
-
-
-class Batch:
-    """A run of consecutive records in the ring, valid until ``release()`` (or the next
-    ``read_batch``). ``data`` is a read-only view of the records exactly as a LINKTYPE_NFLOG
-    pcap file stores them (host byte order), so ``file.write(batch.data)`` writes them.
-
-    After ``release()`` ``data`` raises ``ValueError``. Slices or exports taken from it
-    (``data[a:b]``, ``numpy.frombuffer``) cannot be revoked by CPython: they stay read-only
-    views of ring memory that the capture reuses, so copy what must outlive the batch."""
-
-    __slots__ = ("_capture", "_released", "count", "data", "nbytes")
-
-    def __init__(self, capture: Capture, data: memoryview, count: int) -> None:
-        self._capture = capture
-        self.data = data
-        self.count = count
-        self.nbytes = len(data)
-        self._released = False
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __iter__(self) -> Iterator[Packet]:
-        """Parsed packets; each owns a copy of its bytes and outlives the batch."""
-        if self._released:
-            raise ValueError("this batch was released: its records are gone from the ring")
-        return self._capture._packets_of(self.data, self.count)
-
-    def release(self) -> None:
-        """Give the ring space back. The space goes back even when a buffer export of
-        ``data`` is still held (then ``BufferError`` says so): the capture stays usable."""
-        if self._released:
-            return
-        self._released = True
-        self._capture._release(self)
-        try:
-            self.data.release()
-        except BufferError:
-            raise BufferError(
-                "a buffer export of Batch.data (numpy, cffi from_buffer, ...) was still held "
-                "at release(); the ring space was reused anyway, so that export no longer "
-                "shows this batch: copy the bytes to keep them") from None
-
-    def __enter__(self) -> Batch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def __repr__(self) -> str:
-        state = "released" if self._released else f"{self.nbytes} bytes"
-        return f"<Batch {self.count} records, {state}>"
 
 
 class Capture:

@@ -4,10 +4,11 @@ cannot see (hook, prefix, input and output device)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Union
+
+from ipsec_nflog.validate import validate_interface
 
 __all__ = ["FILTER_MAX_LENGTH", "HOOK_NUMBERS", "Selection", "check_expression",
            "hook_mask"]
@@ -15,7 +16,6 @@ __all__ = ["FILTER_MAX_LENGTH", "HOOK_NUMBERS", "Selection", "check_expression",
 FILTER_MAX_LENGTH = 4096  # characters; a longer expression is an error, not a filter
 # netfilter hook numbers of the inet (and bridge) families, the NFLOG packet header's hook
 HOOK_NUMBERS = {"PREROUTING": 0, "INPUT": 1, "FORWARD": 2, "OUTPUT": 3, "POSTROUTING": 4}
-_DEVICE = re.compile(r"[A-Za-z0-9_.:@+-]{1,15}")
 
 
 def check_expression(expression: object) -> str:
@@ -55,10 +55,9 @@ def check_device(what: str, device: Union[str, int, None]) -> Union[str, int, No
         return device
     if isinstance(device, str) and device.isdigit():
         return check_device(what, int(device))
-    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
-        raise ValueError(f"{what} must be an interface name (1-15 characters of letters, "
-                         f"digits and _.:@+-) or an index, not {device!r}")
-    return device
+    if isinstance(device, str) and device.endswith("+"):
+        raise ValueError(f"{what} must name one interface, not a wildcard: {device!r}")
+    return validate_interface(device, what)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from ipsec_nflog.validate import check_int, validate_group
+from ipsec_nflog.validate import check_int, validate_group, validate_interface
 
 __all__ = [
     "COMMENT_PREFIX",
@@ -47,7 +47,6 @@ FAMILIES: tuple[Family, Family] = ("ipv4", "ipv6")
 COMMENT_PREFIX = "ipsec_nflog:"
 DEFAULT_IKE_PORTS = (500, 4500)
 
-IFNAMSIZ = 16
 PREFIX_MAX = 63  # xt_nflog_info.prefix is char[64] including the NUL; legacy truncates to 63
 MULTIPORT_MAX = 15  # XT_MULTI_PORTS
 POLICY_MAX_ELEMENTS = 4  # XT_POLICY_MAX_ELEM
@@ -100,31 +99,6 @@ def validate_prefix(prefix: Any) -> str | None:
             raise ValueError(f"prefix {prefix!r} contains a non-printable or non-ASCII "
                              f"character {ch!r}")
     return prefix
-
-
-def validate_interface(name: Any, what: str = "interface") -> str:
-    """A Linux interface name as ``dev_valid_name()`` accepts it, optionally ending in ``+``
-    (the iptables wildcard: every interface whose name starts with the rest)."""
-    if not isinstance(name, str):
-        raise ValueError(f"{what} name must be a string, not {name!r}")
-    base = name[:-1] if name.endswith("+") else name
-    raw = name.encode("utf-8", "surrogateescape")
-    if not name or (not base and name != "+"):
-        raise ValueError(f"{what} name must not be empty")
-    if len(raw) > IFNAMSIZ - 1:
-        raise ValueError(f"{what} name {name!r} is {len(raw)} bytes; Linux allows at most "
-                         f"{IFNAMSIZ - 1}")
-    if base in (".", ".."):
-        raise ValueError(f"{what} name {name!r} is not allowed by Linux")
-    for ch in base:
-        if ch in "/:" or ch.isspace():
-            raise ValueError(f"{what} name {name!r} contains {ch!r}, which Linux does not "
-                             f"allow in interface names")
-        if ch in "\"'\\*+" or not (" " < ch <= "~"):
-            raise ValueError(f"{what} name {name!r} contains {ch!r}; only printable ASCII "
-                             f"without quotes, backslash, '*' or an inner '+' is accepted "
-                             f"(a trailing '+' is the iptables wildcard)")
-    return name
 
 
 def _network(name: str, value: Any, family: Family) -> str:
