@@ -21,7 +21,7 @@ from ipsec_nflog.testing.requirements import (
     require_tool,
 )
 from ipsec_nflog.testing.requirements import unavailable as _unavailable
-from tests import nstools
+from tests.support import nstools
 
 # The privilege rule (skip, or fail under IPSEC_NFLOG_REQUIRE_PRIVILEGED=1) is the library's,
 # shared with the pytest plugin's fixtures: ipsec_nflog.testing.requirements.

@@ -1,5 +1,5 @@
 """tests/vm/guest/ holds tests that only run inside the tier-1 VM (kernel with ESP): the host
-session collects them through tests/test_kernel_ipsec.py, which boots the VM once and runs
+session collects them through tests/tiers/test_kernel_ipsec.py, which boots the VM once and runs
 them there. Outside the VM they are not collected."""
 
 from __future__ import annotations

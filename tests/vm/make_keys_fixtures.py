@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tests.strongswan import strongswan_pair
+from tests.support.strongswan import strongswan_pair
 from tests.vm import nflog_rules
 
 VARIANTS = {

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests import nstools
+from tests.support import nstools
 
 KEY_CBC_AB = "0x" + "11" * 16
 KEY_CBC_BA = "0x" + "22" * 16

@@ -1,7 +1,7 @@
 """Kernel IPsec (XFRM, ESP) inside the tier-1 VM: each preset against real ESP traffic.
 
 Collected only inside the VM (tests/vm/conftest.py); the host reports each of these through
-tests/test_kernel_ipsec.py. Topology and SAs: see conftest.py here.
+tests/tiers/test_kernel_ipsec.py. Topology and SAs: see conftest.py here.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 from ipsec_nflog import Capture
 from ipsec_nflog.ipsec import keys
-from tests import nstools
+from tests.support import nstools
 from tests.vm import nflog_rules
 from tests.vm.guest.conftest import Topo
 

@@ -18,7 +18,7 @@ import pytest
 
 from ipsec_nflog import Capture
 from ipsec_nflog.ipsec import keys
-from tests.strongswan import (
+from tests.support.strongswan import (
     IKE_AUTH,
     IKE_SA_INIT,
     INFORMATIONAL,
