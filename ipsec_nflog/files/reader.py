@@ -208,6 +208,10 @@ def _clip_cut_tlvs(body: bytes, order: str) -> bytes:
     return body[:off] if off < len(body) else body  # drop a partial TLV header
 
 
+def _no_names(index: int) -> str | None:
+    return None
+
+
 class CaptureReader:
     """Iterate the packets of a pcap or pcapng file (a path or a binary file object).
 
@@ -230,7 +234,9 @@ class CaptureReader:
             self.path = name if isinstance(name, str) else None
             self._f = source
             self._owns = False
-        self._ifname = ifname_resolver
+        # A file's interface indexes belong to the host that wrote it: never name them with
+        # this host's interfaces (``indev_name`` is None unless the caller knows better).
+        self._ifname = ifname_resolver or _no_names
         self.offset = 0  # bytes consumed from the file
         self.records = 0  # packets yielded
         self.interfaces: list[Interface] = []

@@ -146,8 +146,10 @@ class NflogCapture:
         while True:
             group = self.group if self.group is not None else free_group(self.netns,
                                                                           avoid=tried)
-            config = CaptureConfig.low_latency(group, netns=self.netns, filter=self.filter,
-                                               ring_size=RING_SIZE)
+            # Kernel batching (so requests keep their place before replies, see README
+            # "Timestamps") with a short flush, so expect() sees packets within 10 ms.
+            config = CaptureConfig(groups=(group,), netns=self.netns, filter=self.filter,
+                                   ring_size=RING_SIZE, flush_timeout=0.01)
             try:
                 cap = Capture(config=config)
             except GroupBusyError:

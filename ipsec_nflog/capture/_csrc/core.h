@@ -26,9 +26,10 @@ struct nfc_group {
     struct nfc_group_stats st;
 };
 
-/* Records of the datagram being stored whose time the kernel did not send (OUTPUT,
- * POSTROUTING): when a later record of the same kernel batch carries a kernel stamp, these
- * happened before it, so their receive-time stamp is pulled back to just before it. */
+/* Pending records whose time the kernel did not send (OUTPUT, POSTROUTING): when a later
+ * record carries a kernel stamp, these were logged before it, so their receive-time stamp
+ * is pulled back to just before it. Records leave the list when a batch is handed out
+ * (the consumer may be reading them), so only records still in the ring are ever moved. */
 #define NFC_SYNTH_MAX 1024
 struct nfc_synth {
     uint32_t n;
@@ -121,8 +122,6 @@ struct nfc_hot_attrs {
 /* filter.c: does a packet's metadata match the selector? */
 int nfc_select_match(const struct nfc_select *s, const struct nfc_hot_attrs *h);
 
-/* record.c: a new kernel batch (datagram) starts: forget the previous one's records. */
-void nfc_begin_datagram(struct nfc_capture *c);
 /* record.c: store one packet message as a ring record (ring mutex held). */
 void nfc_store_packet(struct nfc_capture *c, struct nfc_group *g, const unsigned char *body,
                       uint32_t len, const struct timespec *now);

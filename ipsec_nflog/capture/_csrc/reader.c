@@ -16,7 +16,6 @@ static void handle_datagram(struct nfc_capture *c, struct nfc_group *from, const
 {
     const struct nlmsghdr *nlh = (const struct nlmsghdr *)buf;
     int left = (int)n;
-    nfc_begin_datagram(c);
     for (; NLMSG_OK(nlh, left); nlh = NLMSG_NEXT(nlh, left)) {
         if (nlh->nlmsg_type == NLMSG_DONE || nlh->nlmsg_type == NLMSG_NOOP)
             continue;

@@ -50,14 +50,8 @@ static int keep_payload(const struct nfc_filter *f, const struct nlattr *payload
     return nfc_filter_run(f, ip, wire, n) != 0;
 }
 
-void nfc_begin_datagram(struct nfc_capture *c)
-{
-    c->synth.n = 0;
-    c->synth.last_kernel_us = 0;
-}
-
-/* A kernel stamp K arrived: every receive-stamped record before it in this batch happened
- * before K, so it is stamped K - 1 us (never before the previous kernel stamp, never after
+/* A kernel stamp K arrived: every receive-stamped record still pending was logged
+ * before it, so it is stamped K - 1 us (never before the previous kernel stamp, never after
  * its own receive time). Nothing else is known about them: the stamp stays "synthesized". */
 static void bound_synthesized(struct nfc_capture *c, uint64_t kernel_us)
 {

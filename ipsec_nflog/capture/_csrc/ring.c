@@ -117,6 +117,7 @@ int nfc_peek(struct nfc_capture *c, uint32_t max_packets, uint64_t max_bytes,
         off = take_records(c, c->hand, end, max_packets, max_bytes);
     }
     uint32_t n = c->out_count;
+    c->synth.n = 0; /* handed out: their stamps must not change under the consumer */
     b->offset = c->hand;
     b->nbytes = off - c->hand;
     b->count = n;
