@@ -12,11 +12,13 @@ import importlib
 import pwd
 import sys
 import time
+from functools import partial
 from typing import TYPE_CHECKING, TextIO
 
 from ipsec_nflog.cli.capture_summary import print_summary
 from ipsec_nflog.cli.errors import EXIT_DROPS, EXIT_FAIL, EXIT_OK, CliError
 from ipsec_nflog.cli.privileges import become
+from ipsec_nflog.system.netns import interface_names
 
 if TYPE_CHECKING:
     from ipsec_nflog.capture.live import Batch, Capture
@@ -82,6 +84,7 @@ def open_output(args: argparse.Namespace, cap: Capture) -> CaptureWriter:
         rotate_seconds=args.rotate_seconds, rotate_count=args.file_count,
         groups=cap.config.groups if pcapng else (),
         stats_source=cap.stats if pcapng else None,
+        interface_names=partial(interface_names, cap.config.netns) if pcapng else None,
     )
 
 

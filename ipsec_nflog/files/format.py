@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from ipsec_nflog.nflog.codec import HOST, Buffer
 
@@ -193,6 +193,38 @@ def split_timestamp(ticks: int, units: int) -> tuple[int, int]:
     """(seconds, microseconds) of a timestamp in ``units`` per second, truncating."""
     sec, frac = divmod(ticks, units)
     return sec, frac * 1_000_000 // units
+
+
+# The capture host's ifindex -> name map, as an opt_comment of each IDB we write: NFLOG
+# records carry interface indexes only, and names are only right on the host that captured.
+# Linux names have no whitespace, so "1=lo 2=eth0" splits unambiguously (at the first "=").
+IFNAMES_COMMENT_PREFIX = "ipsec-nflog ifnames:"
+_IFNAME_MAX = 15  # IFNAMSIZ - 1
+
+
+def _valid_ifname(name: str) -> bool:
+    return (0 < len(name.encode()) <= _IFNAME_MAX and name not in (".", "..")
+            and name.isprintable() and not any(c.isspace() or c in "/:" for c in name))
+
+
+def encode_ifnames(names: Mapping[int, str]) -> str:
+    """The IDB comment for an ifindex -> name map; names Linux could not have are left out."""
+    pairs = (f"{index}={name}" for index, name in sorted(names.items())
+             if 0 < index <= 0xFFFFFFFF and _valid_ifname(name))
+    return " ".join([IFNAMES_COMMENT_PREFIX, *pairs])
+
+
+def decode_ifnames(comment: str) -> dict[int, str] | None:
+    """The map in an IDB comment of :func:`encode_ifnames`, or None for any other comment.
+    Entries that are not ``index=name`` with a valid name are skipped (files are untrusted)."""
+    if not comment.startswith(IFNAMES_COMMENT_PREFIX):
+        return None
+    names: dict[int, str] = {}
+    for pair in comment[len(IFNAMES_COMMENT_PREFIX):].split():
+        index, sep, name = pair.partition("=")
+        if sep and index.isdecimal() and len(index) <= 10 and _valid_ifname(name):
+            names[int(index)] = name
+    return names
 
 
 def os_description() -> str:

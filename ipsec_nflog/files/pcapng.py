@@ -1,7 +1,11 @@
 """The pcapng encoder: one SHB; one IDB per NFLOG group, emitted the first time the group
 appears (``if_name`` "nflog:<group>", the snaplen, ``if_tsresol`` 6 = microseconds); one EPB
 per record. Every file starts with the IDBs of every group seen so far, so interface ids stay
-the same across rotated files.
+the same across rotated files. With ``interface_names`` (the capture host's ifindex -> name
+map, read when each IDB is written) every IDB also has an opt_comment
+"ipsec-nflog ifnames: 1=lo 2=eth0 ..." (:func:`ipsec_nflog.files.format.encode_ifnames`), which
+the reader uses to name ``indev``/``outdev``: records hold indexes only, and another host's
+names for them would be wrong. Interfaces created after a file's IDBs are named by index.
 
 A record without NFULA_TIMESTAMP (the kernel sends none for OUTPUT/POSTROUTING, so the
 capture used its receive time) carries the packet comment :data:`SYNTHESIZED_COMMENT`; a
@@ -37,16 +41,18 @@ from ipsec_nflog.files.format import (
     SHB_OS,
     SHB_USERAPPL,
     encode_block,
+    encode_ifnames,
     encode_options,
     layout,
     os_description,
 )
 from ipsec_nflog.nflog.codec import HOST, NFULA, Buffer, walk_records, walk_tlvs
 
-__all__ = ["SYNTHESIZED_COMMENT", "PcapngEncoder", "isb_counters"]
+__all__ = ["SYNTHESIZED_COMMENT", "InterfaceNames", "PcapngEncoder", "isb_counters"]
 
 SYNTHESIZED_COMMENT = "timestamp synthesized (no NFULA_TIMESTAMP)"
 StatsSource = Callable[[], object]
+InterfaceNames = Callable[[], Mapping[int, str]]
 IsbCounters = dict[int, tuple[list[tuple[int, int]], str]]
 
 _SYNTH_OPTS = encode_options(HOST, [(OPT_COMMENT, SYNTHESIZED_COMMENT.encode())])
@@ -82,15 +88,18 @@ class PcapngEncoder:
     """pcapng with one IDB per NFLOG group and EPBs; ISBs at the end of each file.
 
     ``groups`` pre-declares groups, so their IDBs (and interface ids 0, 1, ...) come first.
-    ``stats_source`` is called at the end of each file that gets no stats from ``close``.
+    ``stats_source`` is called at the end of each file that gets no stats from ``close``;
+    ``interface_names`` whenever IDBs are written (an OSError from it leaves the map out).
     """
 
     format: ClassVar[str] = "pcapng"
     linktype = LINKTYPE_NFLOG
 
     def __init__(self, snaplen: int, *, groups: Sequence[int] = (),
-                 stats_source: StatsSource | None = None, started: float = 0.0) -> None:
+                 stats_source: StatsSource | None = None, started: float = 0.0,
+                 interface_names: InterfaceNames | None = None) -> None:
         self.snaplen = snaplen
+        self._interface_names = interface_names
         self._groups: list[int] = []
         self._iface_ids: dict[int, int] = {}
         self._file_ifaces = 0  # IDBs in the current file
@@ -116,16 +125,27 @@ class PcapngEncoder:
     def _idbs(self, start: int) -> bytes:
         """IDBs for interface ids start.., marking them present in the current file."""
         blocks = []
+        names = self._names_comment() if start < len(self._groups) else None
         for group in self._groups[start:]:
             opts = [
                 (IF_NAME, f"nflog:{group}".encode()),
                 (IF_DESCRIPTION, f"NFLOG group {group}".encode()),
                 (IF_TSRESOL, b"\x06"),  # microseconds, like the ring's timestamps
             ]
+            if names is not None:
+                opts.append((OPT_COMMENT, names))
             body = IDB_FIELDS.pack(LINKTYPE_NFLOG, 0, self.snaplen)
             blocks.append(encode_block(HOST, BLOCK_IDB, body + encode_options(HOST, opts)))
         self._file_ifaces = len(self._groups)
         return b"".join(blocks)
+
+    def _names_comment(self) -> bytes | None:
+        if self._interface_names is None:
+            return None
+        try:
+            return encode_ifnames(self._interface_names()).encode()
+        except OSError:  # e.g. the capture's namespace is gone: names by index then
+            return None
 
     def header(self) -> bytes:
         opts = [

@@ -26,8 +26,9 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Union
+from typing import IO, Union
 
+from ipsec_nflog.files.file_packet import FilePacket
 from ipsec_nflog.files.format import (
     BLOCK_EPB,
     BLOCK_IDB,
@@ -41,134 +42,27 @@ from ipsec_nflog.files.format import (
     IF_TSOFFSET,
     IF_TSRESOL,
     ISB_OPTIONS,
-    LINKTYPE_ETHERNET,
-    LINKTYPE_LINUX_SLL,
-    LINKTYPE_LINUX_SLL2,
     LINKTYPE_NFLOG,
     MAX_RECORD,
     MAX_SNAPLEN,
+    OPT_COMMENT,
     PCAP_HEADER_LEN,
     PCAP_MAGIC_KUZNETSOV,
     PCAP_MAGIC_NSEC,
     PCAP_MAGIC_USEC,
     PCAP_RECORD_LEN,
-    RAW_LINKTYPES,
     CaptureFileError,
+    decode_ifnames,
     decode_options,
     split_timestamp,
     tsresol_units,
 )
 from ipsec_nflog.nflog.codec import HOST, NFGENMSG_LEN, TlvError, record_header, walk_tlvs
-from ipsec_nflog.nflog.packet import IfnameResolver, Packet, PacketBase, ParseError, parse_nflog
+from ipsec_nflog.nflog.packet import IfnameResolver, Packet, ParseError, parse_nflog
 
 __all__ = ["CaptureReader", "FilePacket", "Interface", "read_capture"]
 
 Source = Union[str, "os.PathLike[str]", IO[bytes]]
-
-_ETHERTYPE_IP = frozenset({0x0800, 0x86DD})
-_VLAN_TPIDS = frozenset({0x8100, 0x88A8, 0x9100})
-_AF_INET, _AF_INET6, _AF_UNSPEC = 2, 10, 0
-
-
-def _ip_offset(linktype: int, frame: bytes) -> int | None:
-    """Where the IPv4/IPv6 packet starts in a frame of this link type, or None."""
-    if linktype in RAW_LINKTYPES:
-        return 0
-    n = len(frame)
-    if linktype == LINKTYPE_ETHERNET:
-        off = 12
-        for _ in range(2):  # 802.1Q / 802.1ad tags
-            if off + 2 <= n and int.from_bytes(frame[off : off + 2], "big") in _VLAN_TPIDS:
-                off += 4
-        if off + 2 <= n and int.from_bytes(frame[off : off + 2], "big") in _ETHERTYPE_IP:
-            return off + 2
-        return None
-    if linktype == LINKTYPE_LINUX_SLL and n >= 16:
-        return 16 if int.from_bytes(frame[14:16], "big") in _ETHERTYPE_IP else None
-    if linktype == LINKTYPE_LINUX_SLL2 and n >= 20:
-        return 20 if int.from_bytes(frame[0:2], "big") in _ETHERTYPE_IP else None
-    return None
-
-
-class FilePacket(PacketBase):
-    """A packet of a non-NFLOG link type: timestamp and payload, no NFLOG metadata.
-
-    It has the attributes of :class:`~ipsec_nflog.nflog.packet.Packet`, so code written for live
-    capture runs on it; the NFLOG-only ones are ``None``. ``raw`` is the frame as stored,
-    ``payload`` the IP packet in it (or the whole frame when there is no IP packet to find).
-    """
-
-    __slots__ = ("_payload", "linktype", "orig_len", "raw", "ts_sec", "ts_usec")
-
-    # NFLOG metadata a non-NFLOG file does not carry.
-    version: int | None = None
-    group: int | None = None
-    hw_protocol: int | None = None
-    hook: int | None = None
-    mark: int | None = None
-    kernel_timestamp: float | None = None
-    indev: int | None = None
-    outdev: int | None = None
-    physindev: int | None = None
-    physoutdev: int | None = None
-    indev_name: str | None = None
-    outdev_name: str | None = None
-    physindev_name: str | None = None
-    physoutdev_name: str | None = None
-    hwaddr: bytes | None = None
-    hwtype: int | None = None
-    hwheader: bytes | None = None
-    hwlen: int | None = None
-    prefix: str | None = None
-    uid: int | None = None
-    gid: int | None = None
-    seq: int | None = None
-    seq_global: int | None = None
-    ct: bytes | None = None
-    ct_info: int | None = None
-    vlan: tuple[int | None, int | None] | None = None
-    l2hdr: bytes | None = None
-    hook_name = "?"
-    timestamp_synthesized = False
-
-    def __init__(self, linktype: int, raw: bytes, ts_sec: int, ts_usec: int, orig_len: int) -> None:
-        self.linktype = linktype
-        self.raw = raw
-        self.ts_sec = ts_sec
-        self.ts_usec = ts_usec
-        self.orig_len = orig_len
-        off = _ip_offset(linktype, raw)
-        self._payload = raw if off is None else raw[off:]
-        self._ip = None
-
-    @property
-    def payload(self) -> bytes:
-        return self._payload
-
-    @property
-    def family(self) -> int:
-        """AF_INET/AF_INET6 from the payload's IP version, AF_UNSPEC otherwise."""
-        v = self.payload[0] >> 4 if self.payload else 0
-        return {4: _AF_INET, 6: _AF_INET6}.get(v, _AF_UNSPEC)
-
-    @property
-    def timestamp(self) -> float:
-        return self.ts_sec + self.ts_usec / 1e6
-
-    @property
-    def attrs(self) -> dict[int, Any]:
-        return {}
-
-    @property
-    def unknown(self) -> dict[int, bytes]:
-        return {}
-
-    def __repr__(self) -> str:
-        return (
-            f"<FilePacket linktype={self.linktype} ts={self.timestamp:.6f} "
-            f"payload={len(self.payload)}B>"
-        )
-
 
 AnyPacket = Union[Packet, FilePacket]
 
@@ -185,6 +79,8 @@ class Interface:
     tsoffset: int = 0  # seconds added to every timestamp (if_tsoffset)
     # ISB counters by option name ("ifrecv", "ifdrop", "osdrop", ...), latest ISB wins.
     statistics: dict[str, int] = field(default_factory=dict)
+    # The capturing host's ifindex -> name map, from our IDB comment (empty when absent).
+    interface_names: dict[int, str] = field(default_factory=dict)
 
     @property
     def caplen_limit(self) -> int:
@@ -212,6 +108,15 @@ def _no_names(index: int) -> str | None:
     return None
 
 
+def _section_resolver(names: dict[int, str], fallback: IfnameResolver) -> IfnameResolver:
+    """Names from the file's own map first (the capture host's), then ``fallback``."""
+    def resolve(index: int) -> str | None:
+        name = names.get(index)
+        return name if name is not None else fallback(index)
+
+    return resolve
+
+
 class CaptureReader:
     """Iterate the packets of a pcap or pcapng file (a path or a binary file object).
 
@@ -237,6 +142,8 @@ class CaptureReader:
         # A file's interface indexes belong to the host that wrote it: never name them with
         # this host's interfaces (``indev_name`` is None unless the caller knows better).
         self._ifname = ifname_resolver or _no_names
+        self._section_names: dict[int, str] = {}  # the current section's IDB name maps
+        self._resolver = self._ifname
         self.offset = 0  # bytes consumed from the file
         self.records = 0  # packets yielded
         self.interfaces: list[Interface] = []
@@ -339,7 +246,7 @@ class CaptureReader:
         if orig_len > len(body):
             body = _clip_cut_tlvs(body, self.byteorder)
         try:
-            pkt = parse_nflog(body, sec, usec, orig_len, self.byteorder, self._ifname)
+            pkt = parse_nflog(body, sec, usec, orig_len, self.byteorder, self._resolver)
             pkt.vlan  # noqa: B018 - the nested NFULA_VLAN is decoded lazily: check it now too
             return pkt
         except ParseError as e:
@@ -415,6 +322,8 @@ class CaptureReader:
             raise self._error(f"unsupported pcapng version {major}.{minor}", start)
         self.byteorder = order
         self.interfaces = []
+        self._section_names = {}
+        self._resolver = _section_resolver(self._section_names, self._ifname)
 
     def _options(self, body: memoryview, start: int) -> Iterator[tuple[int, memoryview]]:
         try:
@@ -436,6 +345,11 @@ class CaptureReader:
                 iface.units = tsresol_units(value[0])
             elif code == IF_TSOFFSET and len(value) >= 8:
                 (iface.tsoffset,) = struct.unpack_from(self.byteorder + "q", value)
+            elif code == OPT_COMMENT:
+                names = decode_ifnames(bytes(value).rstrip(b"\0").decode("utf-8", "replace"))
+                if names is not None:
+                    iface.interface_names = names
+                    self._section_names.update(names)
         return iface
 
     def _statistics(self, body: memoryview) -> None:

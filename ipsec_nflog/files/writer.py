@@ -50,7 +50,13 @@ from ipsec_nflog.files.durable import BackgroundSync, DurableFile
 from ipsec_nflog.files.encoders import Encoder, PcapEncoder, RawEncoder
 from ipsec_nflog.files.format import MAX_SNAPLEN, CaptureFileError, CaptureWriteError
 from ipsec_nflog.files.options import Clock, WriterOptions, WriteV
-from ipsec_nflog.files.pcapng import SYNTHESIZED_COMMENT, PcapngEncoder, StatsSource, isb_counters
+from ipsec_nflog.files.pcapng import (
+    SYNTHESIZED_COMMENT,
+    InterfaceNames,
+    PcapngEncoder,
+    StatsSource,
+    isb_counters,
+)
 from ipsec_nflog.files.reader import CaptureReader, FilePacket, Interface, read_capture
 from ipsec_nflog.files.rotation import Rotation, split_point
 from ipsec_nflog.nflog.codec import Buffer
@@ -346,15 +352,16 @@ class PcapngWriter(CaptureWriter):
 
     ``groups`` pre-declares groups, so their IDBs (and interface ids 0, 1, ...) come first.
     ``stats_source`` is called at each rotation to put ISBs in rotated files too (and at
-    close when ``close()`` gets no stats).
+    close when ``close()`` gets no stats). ``interface_names`` gives the capture host's
+    ifindex -> name map, recorded in every IDB (see :mod:`ipsec_nflog.files.pcapng`).
     """
 
     def __init__(self, path: Target, options: WriterOptions | None = None, /, *,
                  groups: Sequence[int] = (), stats_source: StatsSource | None = None,
-                 **changes: object) -> None:
+                 interface_names: InterfaceNames | None = None, **changes: object) -> None:
         options = WriterOptions.merge(options, changes)
         self._pcapng = PcapngEncoder(options.snaplen, groups=groups, stats_source=stats_source,
-                                     started=options.clock())
+                                     started=options.clock(), interface_names=interface_names)
         super().__init__(path, self._pcapng, options)
 
     @property
@@ -392,6 +399,7 @@ def open_writer(
     snaplen: int = MAX_SNAPLEN,
     groups: Sequence[int] = (),
     stats_source: StatsSource | None = None,
+    interface_names: InterfaceNames | None = None,
     clock: Clock = time.time,
     writev: WriteV = os.writev,
 ) -> CaptureWriter:
@@ -409,7 +417,8 @@ def open_writer(
       length of a *record*, an NFLOG message (payload plus TLVs), not of the payload, and
       libpcap cuts longer records when reading. Keep the default 262144 (what tcpdump writes
       for nflog) unless every record is known to be shorter.
-    - ``groups``, ``stats_source``: pcapng only, see :class:`PcapngWriter`.
+    - ``groups``, ``stats_source``, ``interface_names``: pcapng only, see
+      :class:`PcapngWriter`.
     - ``clock`` (time.time) and ``writev`` (os.writev): for tests.
 
     Raises FileExistsError, OSError naming the path, CaptureWriteError (the header could not
@@ -419,13 +428,16 @@ def open_writer(
     cls = FORMATS.get(fmt)
     if cls is None:
         raise ValueError(f"unknown capture format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if cls is not PcapngWriter and (groups or stats_source is not None):
-        raise ValueError(f"groups and stats_source only apply to pcapng, not {fmt}")
+    if cls is not PcapngWriter and (groups or stats_source is not None
+                                    or interface_names is not None):
+        raise ValueError(
+            f"groups, stats_source and interface_names only apply to pcapng, not {fmt}")
     options = WriterOptions(
         overwrite=overwrite, mode=mode, snaplen=snaplen, flush_interval=flush_interval,
         flush_every_batch=flush_every_batch, rotate_bytes=rotate_bytes,
         rotate_seconds=rotate_seconds, rotate_count=rotate_count, clock=clock, writev=writev,
     )
     if cls is PcapngWriter:
-        return PcapngWriter(path, options, groups=groups, stats_source=stats_source)
+        return PcapngWriter(path, options, groups=groups, stats_source=stats_source,
+                            interface_names=interface_names)
     return cls(path, options)

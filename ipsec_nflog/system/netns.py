@@ -140,3 +140,11 @@ def interface_index(netns: str | None, device: str) -> int:
     except OSError:
         where = f"network namespace {netns!r}" if netns else "this network namespace"
         raise ValueError(f"no interface {device!r} in {where}") from None
+
+
+def interface_names(netns: str | None) -> dict[int, str]:
+    """ifindex -> name of every interface in the namespace (None: this one); OSError when
+    the namespace cannot be entered."""
+    import socket
+
+    return dict(run_in_netns(netns, socket.if_nameindex))

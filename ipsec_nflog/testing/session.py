@@ -29,13 +29,14 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from ipsec_nflog import rules as nflog_rules
 from ipsec_nflog.capture.select import check_expression
 from ipsec_nflog.nflog.packet import Packet
 from ipsec_nflog.rules.model import validate_family
-from ipsec_nflog.system.netns import open_netns, validate_netns_name
+from ipsec_nflog.system.netns import interface_names, open_netns, validate_netns_name
 from ipsec_nflog.system.procinfo import group_bindings
 from ipsec_nflog.testing.expect import Criteria, ExpectationFailed, Hook, Matcher, describe_seen
 from ipsec_nflog.validate import validate_group
@@ -241,7 +242,9 @@ class NflogCapture:
         self._drain()
         pcapng = default_format(path) == "pcapng"
         groups = [self.group] if self.group is not None and pcapng else []
-        with open_writer(path, overwrite=overwrite, groups=groups) as writer:
+        names = partial(interface_names, self.netns) if pcapng else None
+        with open_writer(path, overwrite=overwrite, groups=groups,
+                         interface_names=names) as writer:
             for data, count in self._records:
                 writer.write_records(data, count)
             writer.close(stats=self.stats())
