@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -20,16 +21,16 @@ from tests.support import nstools
 
 def nflog_record(indev: int, ts: int = 1_700_000_000) -> bytes:
     """One ring record: NFLOG on INPUT with NFULA_IFINDEX_INDEV and a 20-byte payload."""
+    order: Literal["little", "big"] = "little" if HOST == "<" else "big"
+
     def tlv(kind: int, value: bytes) -> bytes:
-        head = (4 + len(value)).to_bytes(2, "little" if HOST == "<" else "big")
-        head += kind.to_bytes(2, "little" if HOST == "<" else "big")
+        head = (4 + len(value)).to_bytes(2, order) + kind.to_bytes(2, order)
         return head + value + b"\0" * (-len(value) % 4)
 
     hw = b"\x08\x00\x01\x00"  # hw_protocol 0x0800, hook 1 (INPUT), padding
     payload = bytes([0x45]) + bytes(19)
     body = bytes([2, 0, 0, 9]) + tlv(NFULA.PACKET_HDR, hw) \
         + tlv(NFULA.IFINDEX_INDEV, indev.to_bytes(4, "big")) + tlv(NFULA.PAYLOAD, payload)
-    order = "little" if HOST == "<" else "big"
     head = b"".join(v.to_bytes(4, order) for v in (ts, 0, len(body), len(body)))
     return head + body
 
