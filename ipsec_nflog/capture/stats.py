@@ -55,6 +55,10 @@ class GroupStats:
         return cls(**{f.name: int(getattr(m, f.name)) for f in fields(cls)})
 
 
+_TOTALS = ("received_packets", "delivered_packets", "delivered_bytes", "seq_gap_packets",
+           "ring_drop_packets", "enobufs_events", "socket_drops", "dropped_packets")
+
+
 @dataclass(frozen=True)
 class CaptureStats:
     groups: dict[int, GroupStats] = field(default_factory=dict)
@@ -62,41 +66,24 @@ class CaptureStats:
     pending_bytes: int = 0
     ring_size: int = 0
 
-    def _sum(self, name: str) -> int:
-        return sum(getattr(g, name) for g in self.groups.values())
+    # Totals over all groups, computed once: a CaptureStats is a snapshot.
+    received_packets: int = field(init=False)
+    delivered_packets: int = field(init=False)
+    delivered_bytes: int = field(init=False)
+    seq_gap_packets: int = field(init=False)
+    ring_drop_packets: int = field(init=False)
+    enobufs_events: int = field(init=False)
+    socket_drops: int = field(init=False)
+    dropped_packets: int = field(init=False)
 
-    @property
-    def received_packets(self) -> int:
-        return self._sum("received_packets")
-
-    @property
-    def delivered_packets(self) -> int:
-        return self._sum("delivered_packets")
-
-    @property
-    def delivered_bytes(self) -> int:
-        return self._sum("delivered_bytes")
-
-    @property
-    def seq_gap_packets(self) -> int:
-        return self._sum("seq_gap_packets")
-
-    @property
-    def ring_drop_packets(self) -> int:
-        return self._sum("ring_drop_packets")
-
-    @property
-    def enobufs_events(self) -> int:
-        return self._sum("enobufs_events")
-
-    @property
-    def socket_drops(self) -> int:
-        return self._sum("socket_drops")
+    def __post_init__(self) -> None:
+        for name in _TOTALS:
+            object.__setattr__(self, name, sum(getattr(g, name) for g in self.groups.values()))
 
     @property
     def dropped(self) -> int:
         """Packets known lost, all groups and kinds together."""
-        return self._sum("dropped_packets")
+        return self.dropped_packets
 
     @property
     def lossy(self) -> bool:

@@ -102,8 +102,11 @@ class CaptureWriter:
         self._target_fd = path if isinstance(path, int) else -1
         if self._target_fd >= 0 and options.rotates:
             raise ValueError("a file descriptor cannot rotate (rotate_bytes/rotate_seconds)")
-        self._options = options
+        self._options = self.options = options
         self._encoder = encoder
+        self.format: str = encoder.format
+        self.linktype: int = encoder.linktype
+        self.snaplen: int = options.snaplen
         self._rotation = Rotation("" if isinstance(path, int) else os.fspath(path), options)
         self._background = BackgroundSync()
         self._file: DurableFile | None = None
@@ -119,22 +122,6 @@ class CaptureWriter:
         self._open_file()
 
     # -- public API ----------------------------------------------------------------------
-    @property
-    def format(self) -> str:
-        return self._encoder.format
-
-    @property
-    def linktype(self) -> int:
-        return self._encoder.linktype
-
-    @property
-    def snaplen(self) -> int:
-        return self._options.snaplen
-
-    @property
-    def options(self) -> WriterOptions:
-        return self._options
-
     @property
     def files(self) -> list[str]:
         """The files this writer created that still exist, oldest first (the last is current,

@@ -122,6 +122,8 @@ class InstalledRules:
     def __init__(self, ruleset: RuleSet, backend: str, netns: str | None,
                  state: Installation) -> None:
         self.ruleset = ruleset
+        self.tag: str = ruleset.tag
+        self.preset: str = ruleset.preset
         self.backend = backend
         self.netns = netns
         self._state = state
@@ -129,14 +131,6 @@ class InstalledRules:
         self._pid = os.getpid()
         self._lock = threading.RLock()
         self._removed = False
-
-    @property
-    def tag(self) -> str:
-        return self.ruleset.tag
-
-    @property
-    def preset(self) -> str:
-        return self.ruleset.preset
 
     @property
     def active(self) -> bool:

@@ -183,29 +183,22 @@ class Peer:
     log_levels: str = "default = 1\n        ike = 4\n        chd = 4\n        cfg = 2"
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
-    @property
-    def conf(self) -> Path:
-        return self.workdir / "strongswan.conf"
+    # Files in workdir: charon's configs, its VICI socket, its log and its stdout.
+    conf: Path = field(init=False, repr=False)
+    swanctl_conf: Path = field(init=False, repr=False)
+    vici: Path = field(init=False, repr=False)
+    log: Path = field(init=False, repr=False)
+    stdout_path: Path = field(init=False, repr=False)
 
-    @property
-    def swanctl_conf(self) -> Path:
-        return self.workdir / "swanctl.conf"
-
-    @property
-    def vici(self) -> Path:
-        return self.workdir / "charon.vici"
+    def __post_init__(self) -> None:
+        for attr, name in (("conf", "strongswan.conf"), ("swanctl_conf", "swanctl.conf"),
+                           ("vici", "charon.vici"), ("log", "charon.log"),
+                           ("stdout_path", "charon.stdout")):
+            setattr(self, attr, self.workdir / name)
 
     @property
     def uri(self) -> str:
         return f"unix://{self.vici}"
-
-    @property
-    def log(self) -> Path:
-        return self.workdir / "charon.log"
-
-    @property
-    def stdout_path(self) -> Path:
-        return self.workdir / "charon.stdout"
 
     @property
     def tun(self) -> str | None:
