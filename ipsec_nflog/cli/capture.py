@@ -19,6 +19,7 @@ from ipsec_nflog.cli.capture_summary import stopped_early
 from ipsec_nflog.cli.errors import CliError
 from ipsec_nflog.cli.filters import compile_filter, expression_of, hooks_of
 from ipsec_nflog.cli.options import given
+from ipsec_nflog.cli.output_hangup import watch_standard_output
 from ipsec_nflog.cli.privileges import lookup_user
 from ipsec_nflog.cli.rules import install_capture_rules, remove_capture_rules
 from ipsec_nflog.system.signals import StopSignals, stop_signals
@@ -46,12 +47,14 @@ class _ConfigOptions(TypedDict, total=False):
     prefix: str | None
     indev: str | None
     outdev: str | None
+    handover_delay: float
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
     # First of all: from here on SIGINT, SIGTERM and SIGHUP only ask for a stop, whatever
     # the inherited dispositions, so one may land anywhere below and leave nothing behind.
-    with stop_signals() as stop:
+    # -w -: a reader that goes away (an SSH channel closing) stops an idle capture too.
+    with stop_signals() as stop, watch_standard_output(args.write, args.quiet):
         return _capture(args, stop)
 
 

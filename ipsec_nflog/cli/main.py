@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from ipsec_nflog.cli.capture import cmd_capture
 from ipsec_nflog.cli.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
+from ipsec_nflog.cli.extcap import cmd_extcap
 from ipsec_nflog.cli.parser import build_parser
 from ipsec_nflog.system.signals import StopSignals
 
@@ -24,12 +25,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     # stop (the other commands get it back below), and never prints a traceback.
     with StopSignals() as stop:
         try:
-            args = build_parser().parse_args(argv)
-            if args.func is not cmd_capture:
+            args = _parse(argv)
+            if args.func not in (cmd_capture, cmd_extcap):
                 stop.hand_back()  # Python's defaults again: Ctrl-C interrupts a read
             return _run_command(args)
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The parsed command line. Only ``extcap`` takes arguments it does not know (newer
+    Wireshark versions pass new ones); for the rest they are an error, as parse_args says."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "takes_unknown_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.extcap_unknown = unknown
+    return args
 
 
 def _run_command(args: argparse.Namespace) -> int:

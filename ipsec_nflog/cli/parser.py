@@ -16,6 +16,7 @@ from ipsec_nflog._version import __version__
 from ipsec_nflog.cli.capture import cmd_capture
 from ipsec_nflog.cli.demo import cmd_demo
 from ipsec_nflog.cli.errors import EXIT_USAGE
+from ipsec_nflog.cli.extcap import add_extcap_arguments, cmd_extcap
 from ipsec_nflog.cli.filters import add_filter_options
 from ipsec_nflog.cli.read import cmd_read
 from ipsec_nflog.cli.rules import cmd_rules
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stats(sub)
     _add_keys(sub)
     _add_demo(sub)
+    _add_extcap(sub)
     return p
 
 
@@ -292,3 +294,10 @@ def _add_demo(sub: SubParsers) -> None:
     d.add_argument("-g", "--group", type=int, default=5,
                    help="NFLOG group to use (default 5)")
     d.set_defaults(func=cmd_demo)
+
+
+def _add_extcap(sub: SubParsers) -> None:
+    e = sub.add_parser("extcap", allow_abbrev=False,
+                       help="the Wireshark extcap interface (see docs/wireshark.md)")
+    add_extcap_arguments(e)
+    e.set_defaults(func=cmd_extcap, takes_unknown_arguments=True)

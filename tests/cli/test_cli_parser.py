@@ -25,7 +25,7 @@ from ipsec_nflog.cli.read import cmd_read
 from ipsec_nflog.cli.rules import cmd_rules, rule_options
 from ipsec_nflog.cli.stats import cmd_stats
 
-SUBCOMMANDS = ["capture", "read", "rules", "stats", "keys", "demo"]
+SUBCOMMANDS = ["capture", "read", "rules", "stats", "keys", "demo", "extcap"]
 
 
 def parse(*argv: str) -> argparse.Namespace:

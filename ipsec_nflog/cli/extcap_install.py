@@ -1,0 +1,229 @@
+"""``ipsec-nflog extcap --install`` / ``--uninstall``: the launcher Wireshark runs.
+
+The launcher is a few lines of sh in the extcap folder (``tshark -G folders``; Wireshark 4.0
+has only the global one) that runs this installation's interpreter by its absolute path,
+isolated (``-I``: no PYTHON* variables, no user site, not the current directory), so what
+runs is what the admin installed. It is written as a new file (0755, root's when root
+installs it) renamed into place, so a symbolic link at its name is never followed, and only
+ever replaces or removes a file that carries our marker line.
+
+With ``--sudo-group GROUP``, members of GROUP capture without running Wireshark as root: the
+launcher re-runs itself through ``sudo -n`` for ``--capture`` only, and a sudoers rule (its
+own file in /etc/sudoers.d, checked with ``visudo -c``) lets the group run exactly the
+launcher as root. The capture then drops to the user once the rules are in (``-Z``), and a
+launcher run through sudo refuses ``--install``/``--uninstall``. docs/wireshark.md explains
+the choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+
+from ipsec_nflog.cli.errors import EXIT_OK, CliError
+
+__all__ = ["LAUNCHER_NAME", "MARKER", "extcap_folder", "install", "launcher_text",
+           "sudoers_path", "uninstall"]
+
+LAUNCHER_NAME = "ipsec-nflog"
+MARKER = "# ipsec-nflog extcap launcher"  # the line that makes a file ours to replace
+SUDOERS_DIR = "/etc/sudoers.d"
+FROM_LAUNCHER = "--from-launcher"
+
+
+def extcap_folder() -> str:
+    """The global extcap folder Wireshark reports (``tshark -G folders``)."""
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        raise CliError("tshark is not installed, so Wireshark's extcap folder is unknown: "
+                       "give --extcap-dir DIR")
+    r = subprocess.run([tshark, "-G", "folders"], capture_output=True, text=True, timeout=60)
+    paths = {}
+    for line in r.stdout.splitlines():
+        key, _, value = line.partition(":")
+        if "extcap path" in key.lower():
+            paths[key.strip().lower()] = value.strip()
+    for key in ("global extcap path", "extcap path"):  # 4.2+ lists a personal one too
+        if key in paths:
+            return paths[key]
+    raise CliError("tshark -G folders names no extcap folder: give --extcap-dir DIR")
+
+
+def launcher_text(python: str, path: str, sudo: str | None) -> str:
+    """The launcher: ``python -I -m ipsec_nflog extcap --from-launcher ARGS``; with
+    ``sudo``, a capture by anyone but root goes through ``sudo -n`` to this same file."""
+    lines = ["#!/bin/sh", MARKER + " (written by 'ipsec-nflog extcap --install'; removed by "
+             "'ipsec-nflog extcap --uninstall')"]
+    if sudo is not None:
+        lines += ["# a capture needs CAP_NET_ADMIN: through sudo, as the sudoers rule allows",
+                  'if [ "$(id -u)" != 0 ]; then',
+                  "  for arg do",
+                  f'    [ "$arg" = --capture ] && exec {shlex.quote(sudo)} -n -- '
+                  f'{shlex.quote(path)} "$@"',
+                  "  done",
+                  "fi"]
+    lines.append(f'exec {shlex.quote(python)} -I -m ipsec_nflog extcap {FROM_LAUNCHER} "$@"')
+    return "\n".join(lines) + "\n"
+
+
+def sudoers_path(launcher: str) -> str:
+    """One sudoers file per launcher (names with '.' are ignored by sudo: hex only)."""
+    digest = hashlib.sha256(launcher.encode()).hexdigest()[:12]
+    return os.path.join(SUDOERS_DIR, f"ipsec-nflog-extcap-{digest}")
+
+
+def install(args: argparse.Namespace) -> int:
+    _refuse_through_launcher(args)
+    folder = os.path.abspath(args.extcap_dir or extcap_folder())
+    _check_folder(folder)
+    path = os.path.join(folder, LAUNCHER_NAME)
+    _check_ours_or_absent(path)
+    sudo = _sudo_setup(args.sudo_group, path) if args.sudo_group else None
+    _write_new(path, launcher_text(sys.executable, path, sudo), 0o755)
+    print(f"installed the extcap launcher {path} (running {sys.executable})")
+    if args.sudo_group:
+        sudoers = sudoers_path(path)
+        _write_new(sudoers, _sudoers_text(args.sudo_group, path), 0o440, check=_visudo)
+        print(f"members of {args.sudo_group} capture through sudo ({sudoers})")
+    return EXIT_OK
+
+
+def uninstall(args: argparse.Namespace) -> int:
+    _refuse_through_launcher(args)
+    folder = os.path.abspath(args.extcap_dir or extcap_folder())
+    path = os.path.join(folder, LAUNCHER_NAME)
+    removed = [p for p in (path, sudoers_path(path)) if _remove_if_ours(p)]
+    print("removed " + (", ".join(removed) if removed else "nothing (no launcher of ours in "
+                        f"{folder})"))
+    return EXIT_OK
+
+
+def _refuse_through_launcher(args: argparse.Namespace) -> None:
+    # The launcher may run as root through sudo for anyone in the group: it must not be
+    # a way to write or remove files as root.
+    if args.from_launcher:
+        raise CliError("--install and --uninstall are not available through the launcher; "
+                       "run 'ipsec-nflog extcap --install' itself")
+
+
+def _check_folder(folder: str) -> None:
+    """A real directory that only its owner (root, or us) can change, up to /."""
+    try:
+        st = os.lstat(folder)
+    except OSError as e:
+        raise CliError(f"extcap folder {folder}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise CliError(f"extcap folder {folder} is not a directory")
+    here = folder
+    while True:
+        st = os.stat(here)
+        if st.st_uid not in (0, os.geteuid()) or (
+                st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+            raise CliError(f"{here} can be changed by others (owner uid {st.st_uid}, mode "
+                           f"{stat.S_IMODE(st.st_mode):o}): not installing a launcher "
+                           "under it")
+        parent = os.path.dirname(here)
+        if parent == here:
+            return
+        here = parent
+
+
+def _check_ours_or_absent(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode) or not _is_ours(path):
+        raise CliError(f"{path} exists and was not written by ipsec-nflog; not replacing it")
+
+
+def _is_ours(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.read(fd, 4096).decode(errors="replace")
+    finally:
+        os.close(fd)
+    return any(line.startswith(MARKER) for line in head.splitlines()[:3])
+
+
+def _remove_if_ours(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or not _is_ours(path):
+        raise CliError(f"{path} was not written by ipsec-nflog; not removing it")
+    os.unlink(path)
+    return True
+
+
+def _write_new(path: str, text: str, mode: int,
+               check: Callable[[str], None] | None = None) -> None:
+    """Write ``text`` to a new file beside ``path`` and rename it over ``path``: a link at
+    ``path`` is replaced, never followed. ``check(tmp)`` may refuse the file first."""
+    tmp = f"{path}.new-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        try:
+            os.write(fd, text.encode())
+            if os.geteuid() == 0:
+                os.fchown(fd, 0, 0)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if check is not None:
+            check(tmp)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _sudo_setup(group: str, launcher: str) -> str:
+    """Check what the sudo mode needs; the absolute path of sudo."""
+    if os.geteuid() != 0:
+        raise CliError("--sudo-group writes a sudoers rule: run --install as root")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", group):
+        raise CliError(f"--sudo-group: {group!r} is not a plain group name")
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        raise CliError(f"--sudo-group: no such group {group!r}") from None
+    sudo = shutil.which("sudo")
+    if sudo is None or not os.path.isdir(SUDOERS_DIR):
+        raise CliError("--sudo-group needs sudo (with /etc/sudoers.d): install it first")
+    if not all(c.isalnum() or c in "/-_." for c in launcher):
+        raise CliError(f"{launcher}: a sudoers rule cannot name this path safely")
+    _check_ours_or_absent(sudoers_path(launcher))
+    return sudo
+
+
+def _sudoers_text(group: str, launcher: str) -> str:
+    return (f"{MARKER}: members of {group} may run it as root to capture\n"
+            f"%{group} ALL=(root) NOPASSWD: {launcher}\n")
+
+
+def _visudo(path: str) -> None:
+    visudo = shutil.which("visudo") or "/usr/sbin/visudo"
+    r = subprocess.run([visudo, "-c", "-q", "-f", path], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise CliError(f"visudo refused the sudoers rule: {(r.stderr or r.stdout).strip()}")
