@@ -42,6 +42,7 @@ from ipsec_nflog.cli.extcap_config import (
     parse_options,
 )
 from ipsec_nflog.cli.output_hangup import HangupWatch
+from ipsec_nflog.system.procinfo import CAP_NET_ADMIN, has_capability
 from ipsec_nflog.system.signals import die_with_parent, stop_signals
 
 if TYPE_CHECKING:
@@ -135,26 +136,49 @@ def _capture(args: argparse.Namespace, iface: str) -> int:
     argv = capture_argv(iface, options, args.extcap_capture_filter)
     user = _sudo_user()
     if user is not None:  # run the capture as the user sudo ran us for, rules kept by root
-        argv[1:1] = ["-Z", user]
+        argv[1:1] = ["-Z", user.pw_name]
     capture_args = build_parser().parse_args(argv)  # a bad value: one line, exit 2
+    if not has_capability(CAP_NET_ADMIN):  # before the firewall tools print their own
+        raise CliError("capturing needs CAP_NET_ADMIN, which this process lacks: run "
+                       "Wireshark as root, or install the launcher with --sudo-group "
+                       "(docs/wireshark.md)")
+    ruled = user if user is not None and _through_sudo_rule(args) else None
     with stop_signals() as stop:
         # Wireshark or tshark killed outright (pyshark does that) may leave its dumpcap
         # holding the FIFO open: our parent's death is a stop too.
-        die_with_parent(os.getppid())
-        fifo = open_fifo(args.fifo, stop)
-        if fifo < 0:
+        parent = os.getppid()
+        die_with_parent(parent)
+        with _as_user(ruled):  # a member's paths are looked up and opened with their rights
+            fifo, pipes = _open_pipes(args, stop, ruled, parent)
+        if ruled is not None:
+            die_with_parent(parent)  # the kernel cleared it when the credentials changed
+        if pipes is None:
             return EXIT_OK  # stopped before Wireshark opened it: nothing was made
         os.dup2(fifo, 1)  # -w - writes to the FIFO; children never get it (close_fds)
         os.close(fifo)
         held = _HeldStderr()
         code = EXIT_FAIL
         try:
-            with _watch_control_pipes(args):
+            with _watch_control_pipes(pipes):
                 code = int(cmd_capture(capture_args))
         finally:
             reader_gone = _reader_gone(1)
             held.release(keep=not reader_gone)
         return EXIT_OK if reader_gone else code
+
+
+def _open_pipes(args: argparse.Namespace, stop: StopSignals, ruled: pwd.struct_passwd | None,
+                parent: int) -> tuple[int, _ControlPipes | None]:
+    """The FIFO and the control pipes (None: a stop came before Wireshark read the FIFO)."""
+    owner = ruled.pw_uid if ruled is not None else None
+    fifo = open_fifo(args.fifo, stop, owner=owner, parent=parent)
+    if fifo < 0:
+        return fifo, None
+    try:
+        return fifo, _ControlPipes(args.extcap_control_in, args.extcap_control_out, owner)
+    except BaseException:
+        os.close(fifo)
+        raise
 
 
 def _reader_gone(fd: int) -> bool:
@@ -192,32 +216,65 @@ class _HeldStderr:
             os.close(self._held)
 
 
-def _sudo_user() -> str | None:
+def _sudo_user() -> pwd.struct_passwd | None:
     """The user ``sudo`` ran us for (the launcher's ``--sudo-group`` mode), if any."""
     uid = os.environ.get("SUDO_UID", "")
     if os.geteuid() != 0 or not uid.isdigit() or int(uid) == 0:
         return None
     try:
-        return pwd.getpwuid(int(uid)).pw_name
+        return pwd.getpwuid(int(uid))
     except KeyError:
         raise CliError(f"sudo ran us for uid {uid}, which has no passwd entry") from None
 
 
-def open_fifo(path: str, stop: StopSignals) -> int:
+def _through_sudo_rule(args: argparse.Namespace) -> bool:
+    """Whether the launcher's sudoers rule made us root (a group member's capture), not a
+    root Wireshark someone started with sudo: sudo names the command it ran itself."""
+    from ipsec_nflog.cli.extcap_install import LAUNCHER_NAME
+
+    command = os.environ.get("SUDO_COMMAND", "").split(" ")[0]
+    return bool(args.from_launcher) and os.path.basename(command) == LAUNCHER_NAME
+
+
+@contextlib.contextmanager
+def _as_user(user: pwd.struct_passwd | None) -> Iterator[None]:
+    """Run the block with ``user``'s rights (effective ids and groups), root's again after:
+    a path a member passes is then one the member could open, and probing root's folders
+    tells the member nothing."""
+    if user is None:
+        yield
+        return
+    groups, egid = os.getgroups(), os.getegid()
+    os.setgroups(os.getgrouplist(user.pw_name, user.pw_gid))
+    os.setegid(user.pw_gid)
+    os.seteuid(user.pw_uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(egid)
+        os.setgroups(groups)
+
+
+def open_fifo(path: str, stop: StopSignals, owner: int | None = None,
+              parent: int | None = None) -> int:
     """Open Wireshark's FIFO for writing, blocking: the descriptor, or -1 if a stop signal
-    came before the reader did. Only a FIFO is written into: never a regular file, device
-    or symbolic link at that path (as root under sudo, the path comes from the user), and
-    only one of root's, ours or the sudo user's."""
+    came (or ``parent`` died) before the reader did. Only a FIFO is written into: never a
+    regular file, device or symbolic link at that path (as root under sudo, the path comes
+    from the user), and only one of ``owner``'s if given (a member's capture: never a FIFO
+    of root's such as /run/initctl), else of root's, ours or the sudo user's."""
     try:
         st = os.lstat(path)
     except OSError as e:
         raise CliError(f"--fifo {path}: {e.strerror}") from None
     if not stat.S_ISFIFO(st.st_mode):
         raise CliError(f"--fifo {path} is not a FIFO; not writing into it")
-    allowed = {0, os.geteuid()}
+    allowed = {0, os.getuid(), os.geteuid()}
     sudo_uid = os.environ.get("SUDO_UID", "")
-    if os.geteuid() == 0 and sudo_uid.isdigit():
+    if os.getuid() == 0 and sudo_uid.isdigit():
         allowed.add(int(sudo_uid))
+    if owner is not None:
+        allowed = {owner}
     if st.st_uid not in allowed:
         raise CliError(f"--fifo {path} belongs to uid {st.st_uid}; not writing into it")
     flags = os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -228,7 +285,7 @@ def open_fifo(path: str, stop: StopSignals) -> int:
         except OSError as e:
             if e.errno != errno.ENXIO:  # ENXIO: its reader has not opened it yet
                 raise CliError(f"--fifo {path}: {e.strerror}") from None
-        if stop:
+        if stop or (parent is not None and os.getppid() != parent):
             return -1
         time.sleep(FIFO_WAIT)
     now = os.fstat(fd)
@@ -242,19 +299,40 @@ def open_fifo(path: str, stop: StopSignals) -> int:
 class _ControlPipes:
     """Wireshark's control pipes: ``--extcap-control-in`` is read (and its messages
     dropped: we offer no toolbar controls) until Wireshark closes it, which stops the
-    capture; ``--extcap-control-out`` is opened once Wireshark reads it, and left silent."""
+    capture; ``--extcap-control-out`` is opened once Wireshark reads it, and left silent.
+    Both are looked up when made (with a member's rights, see :func:`_as_user`); only the
+    same FIFO is opened later, and with ``owner`` only one of that user's."""
 
-    def __init__(self, control_in: str | None, control_out: str | None) -> None:
-        self.inputs = [_open_pipe(control_in, os.O_RDONLY)] if control_in else []
-        self._out_path = control_out
+    def __init__(self, control_in: str | None, control_out: str | None,
+                 owner: int | None = None) -> None:
+        self._owner = owner
+        self._out = (control_out, self._look_up(control_out)) if control_out else None
+        self.inputs = [_open_pipe(control_in, os.O_RDONLY, self._look_up(control_in))
+                       ] if control_in else []
         self._out_fd = -1
+
+    def _look_up(self, path: str) -> os.stat_result:
+        try:
+            st = os.lstat(path)
+        except OSError as e:
+            raise CliError(f"extcap control pipe {path}: {e.strerror}") from None
+        if not stat.S_ISFIFO(st.st_mode):
+            raise CliError(f"extcap control pipe {path} is not a FIFO")
+        if self._owner is not None and st.st_uid != self._owner:
+            raise CliError(f"extcap control pipe {path} belongs to uid {st.st_uid}")
+        return st
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.inputs) or self._out is not None
 
     def open_out(self) -> bool:
         """One attempt to open the control-out pipe (True once done or not wanted)."""
-        if self._out_path is None or self._out_fd >= 0:
+        if self._out is None or self._out_fd >= 0:
             return True
         try:
-            self._out_fd = _open_pipe(self._out_path, os.O_WRONLY)
+            path, looked_up = self._out
+            self._out_fd = _open_pipe(path, os.O_WRONLY, looked_up)
         except CliError:
             return False  # no reader yet (or never): try again at the next poll
         return True
@@ -265,23 +343,24 @@ class _ControlPipes:
                 os.close(fd)
 
 
-def _open_pipe(path: str, mode: int) -> int:
-    """A FIFO of Wireshark's, opened without blocking and without following links."""
+def _open_pipe(path: str, mode: int, looked_up: os.stat_result) -> int:
+    """The FIFO found at ``path`` before, opened without blocking or following links."""
     try:
-        st = os.lstat(path)
-        if not stat.S_ISFIFO(st.st_mode):
-            raise CliError(f"extcap control pipe {path} is not a FIFO")
-        return os.open(path, mode | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, mode | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
         raise CliError(f"extcap control pipe {path}: {e.strerror}") from None
+    now = os.fstat(fd)
+    if (now.st_dev, now.st_ino) != (looked_up.st_dev, looked_up.st_ino):
+        os.close(fd)
+        raise CliError(f"extcap control pipe {path} changed while it was opened")
+    return fd
 
 
 @contextlib.contextmanager
-def _watch_control_pipes(args: argparse.Namespace) -> Iterator[None]:
+def _watch_control_pipes(pipes: _ControlPipes) -> Iterator[None]:
     """Stop when Wireshark closes the control pipe it gave us, if it gave one."""
-    pipes = _ControlPipes(args.extcap_control_in, args.extcap_control_out)
     try:
-        if not (pipes.inputs or args.extcap_control_out):
+        if not pipes.wanted:
             yield
             return
         with HangupWatch(inputs=pipes.inputs, open_later=pipes.open_out):

@@ -15,6 +15,7 @@ from ipsec_nflog.cli.capture import cmd_capture
 from ipsec_nflog.cli.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 from ipsec_nflog.cli.extcap import cmd_extcap
 from ipsec_nflog.cli.parser import build_parser
+from ipsec_nflog.errors import NflogError
 from ipsec_nflog.system.signals import StopSignals
 
 __all__ = ["build_parser", "main"]
@@ -56,7 +57,9 @@ def _run_command(args: argparse.Namespace) -> int:
             raise
         from ipsec_nflog.nflog.summary import printable  # file names in it are untrusted
 
-        print(f"ipsec-nflog: {printable(str(e) or type(e).__name__)}", file=sys.stderr)
+        # A capture error's strerror is the whole message: "[Errno 1]" adds nothing.
+        text = e.strerror if isinstance(e, NflogError) and e.strerror else str(e)
+        print(f"ipsec-nflog: {printable(text or type(e).__name__)}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, (ValueError, CliError)) else EXIT_FAIL
 
 

@@ -24,7 +24,12 @@ Pure Python: this package never imports the compiled capture core.
 from __future__ import annotations
 
 from ipsec_nflog.rules.backend import BACKENDS, choose_backend
-from ipsec_nflog.rules.errors import KernelSupportError, RulesError, ToolMissingError
+from ipsec_nflog.rules.errors import (
+    KernelSupportError,
+    NetAdminRequiredError,
+    RulesError,
+    ToolMissingError,
+)
 from ipsec_nflog.rules.iptables import IptablesBackend, TaggedRule
 from ipsec_nflog.rules.leftovers import Leftover, cleanup, find, remove, show
 from ipsec_nflog.rules.lifecycle import InstalledRules, active, install, installed, render
@@ -47,6 +52,7 @@ __all__ = [
     "IptablesBackend",
     "KernelSupportError",
     "Leftover",
+    "NetAdminRequiredError",
     "NftBackend",
     "NftTable",
     "PolicyElement",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["KernelSupportError", "RulesError", "ToolMissingError"]
+__all__ = ["KernelSupportError", "NetAdminRequiredError", "RulesError", "ToolMissingError"]
 
 
 class RulesError(RuntimeError):
@@ -46,3 +46,12 @@ class KernelSupportError(RulesError):
                  stderr: str = "") -> None:
         super().__init__(message, argv=argv, returncode=returncode, stderr=stderr)
         self.modules = list(modules)
+
+
+class NetAdminRequiredError(RulesError):
+    """This process lacks CAP_NET_ADMIN, which reading or changing the firewall needs.
+    Checked before any firewall tool runs, so none prints an error of its own first."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} needs CAP_NET_ADMIN, which this process lacks (run as root "
+                         "or grant the capability)")

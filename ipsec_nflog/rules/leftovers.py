@@ -15,7 +15,7 @@ from typing import Union
 
 from ipsec_nflog.rules.errors import RulesError
 from ipsec_nflog.rules.iptables import TaggedRule, present_backends
-from ipsec_nflog.rules.lifecycle import active
+from ipsec_nflog.rules.lifecycle import active, require_net_admin
 from ipsec_nflog.rules.model import parse_owner_tag, validate_tag
 from ipsec_nflog.rules.nft import NftBackend, NftTable
 from ipsec_nflog.system.netns import open_netns, validate_netns_name
@@ -29,6 +29,7 @@ def find(netns: str | None = None) -> list[Leftover]:
     """Every rule (iptables-nft, iptables-legacy) and nft table carrying our tag."""
     if netns is not None:
         os.close(open_netns(validate_netns_name(netns)))
+    require_net_admin("reading the firewall rules")
     found: list[Leftover] = []
     for b in present_backends():
         found += b.tagged_rules(netns)

@@ -42,10 +42,11 @@ from ipsec_nflog.rules.backend import (
     make_backend,
     validate_backend,
 )
-from ipsec_nflog.rules.errors import RulesError
+from ipsec_nflog.rules.errors import NetAdminRequiredError, RulesError
 from ipsec_nflog.rules.model import RuleSet, new_persistent_tag
 from ipsec_nflog.rules.presets import as_ruleset
 from ipsec_nflog.system.netns import netns_path, open_netns, validate_netns_name
+from ipsec_nflog.system.procinfo import CAP_NET_ADMIN, has_capability
 from ipsec_nflog.system.signals import STOP_SIGNALS, held
 from ipsec_nflog.system.signals import active as signal_owner
 
@@ -180,6 +181,13 @@ class InstalledRules:
                 f"{state}>")
 
 
+def require_net_admin(what: str) -> None:
+    """NetAdminRequiredError naming ``what`` unless this process has CAP_NET_ADMIN: checked
+    first, since iptables and libnftables print errors of their own when it is missing."""
+    if not has_capability(CAP_NET_ADMIN):
+        raise NetAdminRequiredError(what)
+
+
 def install(preset: Union[str, RuleSet], *, backend: str | None = None,
             netns: str | None = None, nft_owner: bool | None = None,
             handle_signals: bool = True, persistent: bool = False,
@@ -208,6 +216,7 @@ def install(preset: Union[str, RuleSet], *, backend: str | None = None,
     rs = as_ruleset(preset, options)
     if netns is not None:
         os.close(open_netns(validate_netns_name(netns)))
+    require_net_admin("installing rules")
     chosen = make_backend(backend or choose_backend(rs), nft_owner)
     return _install_and_register(chosen, rs, netns, register=not persistent,
                                  hook_signals=not persistent and handle_signals)

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 from ipsec_nflog.system.netns import run_in_netns
 
-__all__ = ["GroupBinding", "SocketOwner", "find_group_holder", "group_bindings"]
+__all__ = ["CAP_NET_ADMIN", "GroupBinding", "SocketOwner", "find_group_holder", "group_bindings",
+           "has_capability"]
+
+CAP_NET_ADMIN = 12  # linux/capability.h
 
 NETLINK_NETFILTER = 12
 
@@ -132,3 +135,16 @@ def find_group_holder(group: int, netns: str | None = None) -> SocketOwner | Non
     except OSError:
         return None
     return None
+
+
+def has_capability(cap: int) -> bool:
+    """Whether ``cap`` is in this process's effective set (of its user namespace); True when
+    /proc does not say, so the kernel has the last word."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> cap & 1)
+    except OSError:
+        pass
+    return True
