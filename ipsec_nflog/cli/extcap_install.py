@@ -7,12 +7,13 @@ runs is what the admin installed. It is written as a new file (0755, root's when
 installs it) renamed into place, so a symbolic link at its name is never followed, and only
 ever replaces or removes a file that carries our marker line.
 
-With ``--sudo-group GROUP``, members of GROUP capture without running Wireshark as root: the
-launcher re-runs itself through ``sudo -n`` for ``--capture`` only, and a sudoers rule (its
-own file in /etc/sudoers.d, checked with ``visudo -c``) lets the group run exactly the
-launcher as root. The capture then drops to the user once the rules are in (``-Z``), and a
-launcher run through sudo refuses ``--install``/``--uninstall``. docs/wireshark.md explains
-the choice.
+With ``--sudo-group GROUP``, members of GROUP capture without running Wireshark as root: for
+them the launcher re-runs itself through ``sudo -n``, and a sudoers rule (its own file in
+/etc/sudoers.d, checked with ``visudo -c``) lets the group run exactly the launcher as root;
+anyone else is told in one line that a capture needs the group. The install refuses an
+interpreter or package that anyone but root can change (:func:`check_code_trusted`). The
+capture drops to the user once the rules are in (``-Z``), and a launcher run through sudo
+refuses ``--install``/``--uninstall``. docs/wireshark.md explains the choice.
 """
 
 from __future__ import annotations
@@ -31,13 +32,17 @@ from collections.abc import Callable
 
 from ipsec_nflog.cli.errors import EXIT_OK, CliError
 
-__all__ = ["LAUNCHER_NAME", "MARKER", "extcap_folder", "install", "launcher_text",
-           "sudoers_path", "uninstall"]
+__all__ = ["LAUNCHER_NAME", "MARKER", "check_code_trusted", "extcap_folder", "install",
+           "launcher_text", "sudoers_path", "uninstall"]
 
 LAUNCHER_NAME = "ipsec-nflog"
 MARKER = "# ipsec-nflog extcap launcher"  # the line that makes a file ours to replace
 SUDOERS_DIR = "/etc/sudoers.d"
 FROM_LAUNCHER = "--from-launcher"
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+# What the launcher's interpreter imports, one path a line (run as it runs: -I)
+_CODE_PATHS = ("import os, sys, ipsec_nflog; "
+               "print(*[os.path.dirname(ipsec_nflog.__file__), *sys.path], sep=chr(10))")
 
 
 def extcap_folder() -> str:
@@ -58,17 +63,26 @@ def extcap_folder() -> str:
     raise CliError("tshark -G folders names no extcap folder: give --extcap-dir DIR")
 
 
-def launcher_text(python: str, path: str, sudo: str | None) -> str:
-    """The launcher: ``python -I -m ipsec_nflog extcap --from-launcher ARGS``; with
-    ``sudo``, a capture by anyone but root goes through ``sudo -n`` to this same file."""
+def launcher_text(python: str, path: str, sudo: str | None, group: str | None = None) -> str:
+    """The launcher: ``python -I -m ipsec_nflog extcap --from-launcher ARGS``. With
+    ``sudo`` (and ``group``), a member of the group runs every call through ``sudo -n``
+    to this same file (so the interpreter need not be readable by the members); anyone
+    else is told in one line why a capture is not theirs."""
     lines = ["#!/bin/sh", MARKER + " (written by 'ipsec-nflog extcap --install'; removed by "
              "'ipsec-nflog extcap --uninstall')"]
     if sudo is not None:
-        lines += ["# a capture needs CAP_NET_ADMIN: through sudo, as the sudoers rule allows",
+        if group is None or not _GROUP_NAME.fullmatch(group):
+            raise ValueError(f"launcher_text: {group!r} is not a plain group name")
+        member = f'*" {group} "*'  # a plain group name (checked): no quoting needed
+        refusal = shlex.quote(f"ipsec-nflog: capturing here needs membership of group {group} "
+                              "(its sudoers rule runs this launcher as root)")
+        lines += ["# members of the group: as root, through the sudoers rule for this file",
                   'if [ "$(id -u)" != 0 ]; then',
+                  f'  case " $(id -Gn 2>/dev/null) " in {member})',
+                  f'    exec {shlex.quote(sudo)} -n -- {shlex.quote(path)} "$@" ;;',
+                  "  esac",
                   "  for arg do",
-                  f'    [ "$arg" = --capture ] && exec {shlex.quote(sudo)} -n -- '
-                  f'{shlex.quote(path)} "$@"',
+                  f'    [ "$arg" = --capture ] && {{ echo {refusal} >&2; exit 1; }}',
                   "  done",
                   "fi"]
     lines.append(f'exec {shlex.quote(python)} -I -m ipsec_nflog extcap {FROM_LAUNCHER} "$@"')
@@ -88,7 +102,9 @@ def install(args: argparse.Namespace) -> int:
     path = os.path.join(folder, LAUNCHER_NAME)
     _check_ours_or_absent(path)
     sudo = _sudo_setup(args.sudo_group, path) if args.sudo_group else None
-    _write_new(path, launcher_text(sys.executable, path, sudo), 0o755)
+    if sudo is not None:
+        check_code_trusted(sys.executable)
+    _write_new(path, launcher_text(sys.executable, path, sudo, args.sudo_group), 0o755)
     print(f"installed the extcap launcher {path} (running {sys.executable})")
     if args.sudo_group:
         sudoers = sudoers_path(path)
@@ -202,7 +218,7 @@ def _sudo_setup(group: str, launcher: str) -> str:
     """Check what the sudo mode needs; the absolute path of sudo."""
     if os.geteuid() != 0:
         raise CliError("--sudo-group writes a sudoers rule: run --install as root")
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", group):
+    if not _GROUP_NAME.fullmatch(group):
         raise CliError(f"--sudo-group: {group!r} is not a plain group name")
     try:
         grp.getgrnam(group)
@@ -215,6 +231,73 @@ def _sudo_setup(group: str, launcher: str) -> str:
         raise CliError(f"{launcher}: a sudoers rule cannot name this path safely")
     _check_ours_or_absent(sudoers_path(launcher))
     return sudo
+
+
+def check_code_trusted(python: str) -> None:
+    """Through sudo the launcher runs ``python`` and what it imports as root for every
+    member of the group: each of them (the interpreter and its links, the package, every
+    sys.path tree, and the folders above them) must be root's and writable by no one else,
+    or a member could put code there and run it as root."""
+    paths = [python]
+    link = python
+    while os.path.islink(link):  # a venv's python is a chain of links
+        link = os.path.join(os.path.dirname(link), os.readlink(link))
+        paths.append(link)
+    venv_cfg = os.path.join(os.path.dirname(os.path.dirname(python)), "pyvenv.cfg")
+    paths += [venv_cfg] if os.path.exists(venv_cfg) else []  # it names the base interpreter
+    r = subprocess.run([python, "-I", "-c", _CODE_PATHS], capture_output=True, text=True,
+                       timeout=60)
+    if r.returncode != 0:
+        raise CliError(f"{python} cannot import ipsec_nflog: {r.stderr.strip()[-200:]}")
+    trees = [p for p in r.stdout.splitlines() if os.path.isabs(p)]
+    for path in [*paths, *trees]:
+        here = os.path.abspath(path)
+        while not os.path.lexists(here):  # python311.zip: whoever may create it matters
+            here = os.path.dirname(here)
+        for above in _ancestors(os.path.dirname(here)):
+            _refuse_if_writable(above, sticky_ok=True)
+    for tree in trees:
+        if os.path.isdir(tree):
+            _check_tree(tree)
+    for path in paths:
+        _refuse_if_writable(path, sticky_ok=False)
+
+
+def _ancestors(path: str) -> list[str]:
+    found = [path]
+    while os.path.dirname(found[-1]) != found[-1]:
+        found.append(os.path.dirname(found[-1]))
+    return found
+
+
+def _check_tree(top: str) -> None:
+    _refuse_if_writable(top, sticky_ok=False)
+    for folder, dirs, files in os.walk(top):
+        for name in [*dirs, *files]:
+            path = os.path.join(folder, name)
+            _refuse_if_writable(path, sticky_ok=False)
+            if os.path.islink(path):  # what it names (not walked further: links are rare)
+                _refuse_if_writable(os.path.realpath(path), sticky_ok=False)
+
+
+def _refuse_if_writable(path: str, sticky_ok: bool) -> None:
+    """Refuse ``path`` unless only root can change it (a link: its own entry counts, its
+    target is checked where it is named). Group write is root's group's only."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return  # a dangling link: nothing to run there
+
+    writable = st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != 0)
+    if stat.S_ISLNK(st.st_mode):
+        writable = False
+    if sticky_ok and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
+        writable = False  # /tmp above: others cannot rename what root made there
+    if st.st_uid != 0 or writable:
+        raise CliError(f"--sudo-group: {path} (owner uid {st.st_uid}, mode "
+                       f"{stat.S_IMODE(st.st_mode):o}) can be changed by someone other than "
+                       "root, and the launcher runs it as root: install from an interpreter "
+                       "and package only root can change")
 
 
 def _sudoers_text(group: str, launcher: str) -> str:

@@ -120,12 +120,37 @@ def test_capture_refuses_what_is_not_a_fifo(tmp_path: Path,
     victim.write_text("keep me")
     link = tmp_path / "link"
     link.symlink_to(victim)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    fifo_link = tmp_path / "fifo-link"  # even a link to a real FIFO: never followed
+    fifo_link.symlink_to(fifo)
+    odd = tmp_path / "-odd\nname\x1b[2J\udcff"  # a newline, an escape, not UTF-8
     for path, why in ((victim, "is not a FIFO"), (link, "is not a FIFO"),
-                      (tmp_path, "is not a FIFO"), (tmp_path / "nope", "No such file")):
+                      (fifo_link, "is not a FIFO"), (tmp_path, "is not a FIFO"),
+                      (tmp_path / "nope", "No such file"), (odd, "No such file")):
         code, _, err = run_extcap(capsys, "--capture", "--extcap-interface", IFACE_GROUP,
                                     "--fifo", str(path), "--group=5", *WS40)
         assert code == 2 and why in err and err.count("\n") == 1, err
+        assert "\x1b" not in err, err  # escaped, never passed to the terminal
     assert victim.read_text() == "keep me" and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "fifo-link", "link",
+                                                          "victim"]
+
+
+@pytest.mark.parametrize("version", [["--extcap-version=4.2.0"], ["--extcap-version", "4.2.0"],
+                                     ["--extcap-version"]], ids=["joined", "apart", "bare"])
+def test_future_arguments_with_values_are_ignored(capsys: pytest.CaptureFixture[str],
+                                                  version: list[str]) -> None:
+    """Unknown options with a value as the next word, or one that looks like a path, in
+    front of and among ours: the call does what ours say."""
+    future = ["--extcap-new-thing", "42", "--extcap-other=/x y", "--zzz", "-"]
+    code, lines, err = run_extcap(capsys, *future, *version, "--extcap-interface", IFACE_IPSEC,
+                                  "--extcap-new", "7", "--extcap-dlts")
+    assert (code, err) == (0, "") and [fields(x)["number"] for x in lines] == ["239"]
+    argv = capture_argv(IFACE_IPSEC, parse_options(
+        [*future, "--group", "8", "--extcap-new", "--rules=decap", *version]), None)
+    args = build_parser().parse_args(argv)
+    assert (args.group, args.rules, args.expression) == ([[8]], "decap", [])
 
 
 def test_bad_option_is_one_line_before_the_fifo_opens(tmp_path: Path) -> None:
@@ -223,10 +248,12 @@ def test_the_launcher_cannot_install(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_sudo_launcher_text() -> None:
     text = extcap_install.launcher_text("/opt/v/bin/python", "/x/extcap/ipsec-nflog",
-                                        "/usr/bin/sudo")
-    assert '[ "$arg" = --capture ] && exec /usr/bin/sudo -n -- /x/extcap/ipsec-nflog "$@"' \
-        in text
+                                        "/usr/bin/sudo", "wireshark")
+    assert 'exec /usr/bin/sudo -n -- /x/extcap/ipsec-nflog "$@"' in text
+    assert '*" wireshark "*)' in text
     assert text.rstrip().endswith('exec /opt/v/bin/python -I -m ipsec_nflog extcap '
                                   '--from-launcher "$@"')
     r = subprocess.run(["sh", "-n"], input=text, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    with pytest.raises(ValueError):  # it goes into the shell text: a plain name only
+        extcap_install.launcher_text("/p", "/x/ipsec-nflog", "/usr/bin/sudo", "a b;id")

@@ -256,3 +256,51 @@ def test_stops_when_the_reader_goes_or_on_sigterm(netns: str, tmp_path: Path,
             proc.wait()
     assert (proc.returncode, err) == (0, "")
     assert ruleset(netns) == before
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("how, message", [
+    ("bad-filter", "udp port"),
+    ("group-busy", "group 68"),
+    ("no-cap-net-admin", "needs CAP_NET_ADMIN, which this process lacks"),
+])
+def test_failures_are_one_line_and_leave_nothing(netns: str, tmp_path: Path, how: str,
+                                                 message: str) -> None:
+    """What Wireshark's user sees for a capture that cannot start: one line on stderr and a
+    non-zero exit; the rules (installed before the bind) are gone, no process is left, and
+    nothing but the FIFO Wireshark made is there."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    group, before = 68, ruleset(netns)
+    argv = [*EXTCAP, "--capture", "--extcap-interface", IFACE, "--fifo", str(fifo),
+            "--extcap-version=4.0", f"--group={group}", "--rules=ike-esp-out",
+            f"--netns={netns}"]
+    holder = None
+    if how == "bad-filter":
+        argv += ["--extcap-capture-filter", "udp port"]
+    elif how == "group-busy":  # someone else's capture holds the group
+        holder = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-i", f"nflog:{group}",
+                                   "-w", "/dev/null"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    else:  # root without CAP_NET_ADMIN (CAP_SYS_ADMIN kept: the namespace is entered)
+        argv = ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", *argv]
+    reader = _open_reader(fifo)
+    try:
+        if holder is not None:
+            wait_bound(netns, group, holder)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        streamed = _read_all(reader, time.monotonic() + 0.2)
+        if holder is not None:
+            assert holder.poll() is None and any(  # tcpdump is left alone
+                b.group == group for b in group_bindings(netns, resolve_owners=False))
+    finally:
+        os.close(reader)
+        if holder is not None:
+            holder.terminate()
+            holder.wait(timeout=10)
+    assert r.returncode != 0 and r.stdout == "", r
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("ipsec-nflog: "), r.stderr
+    assert message in r.stderr, r.stderr
+    assert streamed == b""  # refused before the first byte: Wireshark shows only the error
+    assert ruleset(netns) == before and processes_of(netns) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["fifo"]
