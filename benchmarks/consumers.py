@@ -13,7 +13,15 @@ without pcapfile, with a plain ``file.write(batch.data)``.
 pcap record so that the benchmark can count what was captured from the file, like for
 every other tool.
 
-Both run until SIGINT/SIGTERM, then stop the capture, drain what is left in the ring, close
+Peers, what a Python user would pick instead (benchmarks/requirements.txt; never dependencies
+of the package), each writing a file the benchmark counts like every other:
+
+``pcapy``: pcapy-ng (libpcap) reading ``nflog:N`` in-process, its dumper writing the
+LINKTYPE_NFLOG pcap (tcpdump's file, from Python). ``scapy``: ``sniff(iface="nflog:N")``
+(through libpcap) into a ``PcapWriter``. ``nflogr``: the nflogr binding (libnetfilter_log,
+kernel batching like ours), every packet's payload written as a LINKTYPE_RAW record.
+
+All run until SIGINT/SIGTERM, then stop the capture, drain what is left in the ring, close
 the file and print one JSON line (their own counts and the library's drop counters; the
 benchmark does not trust these, it counts records in the file).
 """
@@ -132,9 +140,85 @@ def run_iter(cap: Any, out: RawPcap, stopper: Stopper, write_records: bool = Tru
     return packets, payload_bytes
 
 
+def run_pcapy(group: int, path: str, stopper: Stopper) -> int:
+    import pcapy  # pcapy-ng
+
+    p = pcapy.open_live(f"nflog:{group}", 262144, False, 100)
+    dumper = p.dump_open(path)
+    packets = 0
+
+    def on_packet(header: Any, data: bytes) -> None:
+        nonlocal packets
+        dumper.dump(header, data)
+        packets += 1
+
+    while not stopper.stop:
+        p.dispatch(-1, on_packet)
+    dumper.close()
+    return packets
+
+
+def run_scapy(group: int, path: str, stopper: Stopper) -> int:
+    from scapy.config import conf
+
+    conf.use_pcap = True  # nflog:N exists only for libpcap
+    from scapy.arch.libpcap import L2pcapListenSocket
+    from scapy.sendrecv import sniff
+    from scapy.utils import PcapWriter
+
+    out = PcapWriter(path, linktype=LINKTYPE_NFLOG, sync=False)
+    packets = 0
+
+    def on_packet(pkt: Any) -> None:
+        nonlocal packets
+        out.write(pkt)
+        packets += 1
+
+    # sniff(iface="nflog:N") refuses a name that is not in its interface list, so open the
+    # libpcap socket it would use for it and hand that to sniff.
+    sock = L2pcapListenSocket(iface=f"nflog:{group}")
+    while not stopper.stop:
+        sniff(opened_socket=sock, prn=on_packet, store=False, timeout=0.5)
+    sock.close()
+    out.close()
+    return packets
+
+
+def run_nflogr(group: int, path: str, stopper: Stopper) -> int:
+    import nflogr
+
+    # Its recommended settings, plus kernel batching and a big buffer like ours.
+    nf = nflogr.open(group, timeout=0.1, qthresh=1000, rcvbuf=64 << 20,
+                     enobufs=nflogr.ENOBUFS_HANDLE, copymode=nflogr.COPY_PACKET)
+    packets = 0
+    with open(path, "wb", buffering=1 << 20) as f:
+        f.write(struct.pack("=IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 101))  # RAW
+        write, pack = f.write, _REC.pack
+
+        def on_packet(d: Any) -> None:
+            nonlocal packets
+            ts, payload = d.timestamp, d.payload
+            sec = int(ts)
+            write(pack(sec, int((ts - sec) * 1e6), len(payload), len(payload)))
+            write(payload)
+            packets += 1
+
+        # Its loop blocks in C: the stop signal has to interrupt it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            nf.loop(on_packet, -1)
+        except KeyboardInterrupt:
+            pass
+    nf.close()
+    return packets
+
+
+PEERS = {"pcapy": run_pcapy, "scapy": run_scapy, "nflogr": run_nflogr}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=("batch", "iter"))
+    ap.add_argument("mode", choices=("batch", "iter", *PEERS))
     ap.add_argument("--group", "-g", type=int, required=True)
     ap.add_argument("--out", "-w", required=True, help="pcap file to write")
     ap.add_argument("--no-write", action="store_true",
@@ -146,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     stopper = Stopper()
+    if args.mode in PEERS:
+        t0 = time.monotonic()
+        n = PEERS[args.mode](args.group, args.out, stopper)
+        print(json.dumps({"tool": args.mode, "packets": n,
+                          "seconds": round(time.monotonic() - t0, 3)}), flush=True)
+        return 0
     from ipsec_nflog import Capture  # after the handlers: an early SIGINT is not a traceback
 
     t0 = time.monotonic()
@@ -154,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         out, writer = RawPcap(args.out), "buffered file, one record per packet"
     try:
-        with Capture(groups=[args.group]) as cap:
+        # batch: hand-over batching like `capture -w` (several kernel batches per wakeup)
+        opts = {"handover_delay": 0.05} if args.mode == "batch" else {}
+        with Capture(groups=[args.group], **opts) as cap:
             if args.mode == "batch":
                 packets, extra = run_batch(cap, out, stopper)
             else:

@@ -95,6 +95,7 @@ class Tool:
     probe: str  # name of the availability check below
     note: str = ""
     count_from_claim: bool = False  # diagnostic tools that write no records
+    linktype: int = 239  # of the file it writes (LINKTYPE_NFLOG; 101 raw IP)
     available: bool = False
     why_not: str = ""
 
@@ -117,6 +118,21 @@ TOOLS: dict[str, Tool] = {
         Tool("iter", "Python per-packet iterator", ["{python}", "{consumers}", "iter",
                                                      "--group", "{group}", "--out", "{out}"],
              "capture"),
+        Tool("cli-pcapng", "ipsec-nflog capture --pcapng -w",
+             ["{cli}", "capture", "--pcapng", "-g", "{group}", "-w", "{out}"], "cli"),
+        Tool("cli-raw", "ipsec-nflog capture --raw -w",
+             ["{cli}", "capture", "--raw", "-g", "{group}", "-w", "{out}"], "cli",
+             linktype=101),
+        # Peers a Python user would pick instead (benchmarks/requirements.txt):
+        Tool("pcapy", "pcapy-ng (libpcap) nflog:N in-process",
+             ["{python}", "{consumers}", "pcapy", "--group", "{group}", "--out", "{out}"],
+             "py:pcapy"),
+        Tool("scapy", "scapy sniff(iface=nflog:N)",
+             ["{python}", "{consumers}", "scapy", "--group", "{group}", "--out", "{out}"],
+             "py:scapy"),
+        Tool("nflogr", "nflogr (PyPI)",
+             ["{python}", "{consumers}", "nflogr", "--group", "{group}", "--out", "{out}"],
+             "py:nflogr", linktype=101),
         # Diagnostics, not in the default set:
         Tool("iter-parse", "Python iterator, parse only (self-counted)",
              ["{python}", "{consumers}", "iter", "--no-write", "--group", "{group}", "--out",
@@ -503,9 +519,9 @@ class Bench:
             fc = count_records(out)
             if fc.error:
                 raise RuntimeError(f"capture file: {fc.error}; stderr: {_tail(errf)}")
-            if fc.linktypes and fc.linktypes != {239}:
+            if fc.linktypes and fc.linktypes != {tool.linktype}:
                 raise RuntimeError(f"capture file has link types {sorted(fc.linktypes)}, "
-                                   "expected LINKTYPE_NFLOG (239)")
+                                   f"expected {tool.linktype}")
             res.captured = fc.records
             res.keepup = keepup(samples, a.duration, res.achieved, fc.records,
                                 os.path.getsize(out))
@@ -649,6 +665,14 @@ def probe_tools(tools: list[Tool], bins: dict[str, str], build_errors: dict[str,
                                  + (r.stderr.strip().splitlines() or ["?"])[-1][:200])
                 else:
                     bins["cli"] = cli
+        elif t.probe.startswith("py:"):
+            module = t.probe[3:]
+            r = subprocess.run([python, "-c", f"import {module}"], capture_output=True,
+                               text=True, cwd=ROOT)
+            if r.returncode != 0:
+                t.available = False
+                t.why_not = (f"Python module {module} is not installed for {python} (pip "
+                             "install -r benchmarks/requirements.txt)")
         elif t.probe == "capture":
             if capture_ok is None:
                 r = subprocess.run([python, "-c", "import ipsec_nflog; ipsec_nflog.Capture; "
@@ -1192,6 +1216,15 @@ def render(a: argparse.Namespace, results: list[RunResult], tools: list[str],
     out += ["", results_table(cells, tools, a.sizes, a.rates, a.keepup_min), "",
             "### Lossless rates", "", lossless_table(sums, tools, a.sizes), "",
             "### Targets (issue 5)", "", targets_table(sums, skipped, gen_peak)]
+    if 0 in a.rates and 64 in a.sizes:
+        from targets15 import targets15_table
+
+        background = (f"{idle_before:.0%} of a CPU busy before the start, a median "
+                      + (f"{statistics.median(others):.0%} (max {max(others):.0%})"
+                         if others else "—") + " of a CPU on other work during the runs")
+        out += ["", "### Targets (issue 15: ratios in this run)", "",
+                targets15_table(cells, a.sizes, a.rates,
+                                lambda c: c.sustained(tol, a.keepup_min), background)]
     return "\n".join(out)
 
 

@@ -20,6 +20,7 @@ NLBUFSIZ_MIN = 4096
 NLBUFSIZ_MAX = 131072  # the kernel ignores larger values without an error
 MAX_GROUPS = 32
 FLUSH_TIMEOUT_MAX = 10.0  # seconds; longer only delays packets (stop() flushes at once)
+HANDOVER_DELAY_MAX = 1.0  # seconds (NFC_HANDOVER_MS_MAX)
 MiB = 1024 * 1024
 
 
@@ -54,6 +55,10 @@ class CaptureConfig:
     prefix: str | None = None  # the NFLOG prefix, exactly
     indev: Union[str, int, None] = None  # interface name (in the capture's namespace) or index
     outdev: Union[str, int, None] = None
+    # Hand-over batching: the reader wakes the consumer once a quarter of the ring is
+    # pending or the oldest record has waited this long (seconds), so one wakeup, one pass
+    # of Python and one write take several kernel batches. 0: at once (lowest latency).
+    handover_delay: float = 0.0
 
     def __post_init__(self) -> None:
         groups = self.groups
@@ -76,6 +81,11 @@ class CaptureConfig:
                 or not 0 <= ft <= FLUSH_TIMEOUT_MAX):
             raise ValueError(f"flush_timeout must be 0..{FLUSH_TIMEOUT_MAX:g} seconds, "
                              f"got {ft!r}")
+        hd = self.handover_delay
+        if (isinstance(hd, bool) or not isinstance(hd, (int, float))
+                or not 0 <= hd <= HANDOVER_DELAY_MAX):
+            raise ValueError(f"handover_delay must be 0..{HANDOVER_DELAY_MAX:g} seconds, "
+                             f"got {hd!r}")
         check_int("nlbufsiz", self.nlbufsiz, NLBUFSIZ_MIN, NLBUFSIZ_MAX)
         check_int("rcvbuf", self.rcvbuf, 0, 2**31 - 1)
         ring_min = recv_buffer_size(self.nlbufsiz)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["FILE_RING_SIZE", "capture_config", "check_output_path", "cmd_capture"]
 
 FILE_RING_SIZE = 256 * 1024 * 1024  # capture -w: rides out writeback stalls
+FILE_HANDOVER_DELAY = 0.05  # capture -w: seconds records may wait to go out with others
 
 
 class _ConfigOptions(TypedDict, total=False):
@@ -100,6 +101,9 @@ def capture_config(args: argparse.Namespace) -> CaptureConfig:
         # sits idle while the reader drains it, so the ring is the only slack. Pages are
         # touched only when a burst needs them.
         opts["ring_size"] = FILE_RING_SIZE
+    if args.write and not args.low_latency and not args.packet_buffered:
+        # One wakeup, one pass of Python and one write for several kernel batches.
+        opts["handover_delay"] = FILE_HANDOVER_DELAY
     try:
         config = (CaptureConfig.low_latency(groups, **opts) if args.low_latency
                   else CaptureConfig(groups=tuple(groups), **opts))

@@ -67,6 +67,7 @@ class StatusLine:
 
 def open_output(args: argparse.Namespace, cap: Capture) -> CaptureWriter:
     """The ``-w`` writer: a file (rotating with -C/-G/-W) or standard output (``-w -``)."""
+    from ipsec_nflog.capture.framing import NativeFraming
     from ipsec_nflog.files import default_format, open_writer
 
     fmt = "pcapng" if args.pcapng else "raw" if args.raw else "pcap" if args.pcap else None
@@ -76,7 +77,7 @@ def open_output(args: argparse.Namespace, cap: Capture) -> CaptureWriter:
         raise CliError("-w - cannot rotate (-C/-G)")
     # Standard output is written through its descriptor: "/dev/stdout" is a symlink, which
     # the writer never follows, and what it points to is not ours to chown.
-    return open_writer(
+    writer = open_writer(
         sys.stdout.fileno() if to_stdout else args.write, format=fmt,
         overwrite=args.overwrite,
         flush_every_batch=args.packet_buffered,
@@ -86,6 +87,8 @@ def open_output(args: argparse.Namespace, cap: Capture) -> CaptureWriter:
         stats_source=cap.stats if pcapng else None,
         interface_names=partial(interface_names, cap.config.netns) if pcapng else None,
     )
+    writer.use_framing(NativeFraming())  # pcapng and raw framed in C, one pass per batch
+    return writer
 
 
 def ready_line(args: argparse.Namespace, cap: Capture) -> str:

@@ -15,11 +15,16 @@ record boundary (rotation) or keep whole records after a failed write. Formats:
   filters, nDPI, nfdump). All NFLOG metadata (prefix, hook, devices, mark, uid, ...) is lost;
   records without a payload are skipped (the writer counts them in ``records_skipped``).
 - :class:`ipsec_nflog.files.pcapng.PcapngEncoder` (``"pcapng"``).
+
+The raw and pcapng encoders frame records in Python unless given a :class:`Framing`
+(``use_framing``): the capture layer's ``ipsec_nflog.capture.framing.NativeFraming`` does it
+in C in one pass, byte for byte the same. files/ never imports the compiled core, so the
+Python loops stay for users without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import ClassVar, Protocol
 
 from ipsec_nflog.files.format import (
@@ -31,7 +36,7 @@ from ipsec_nflog.files.format import (
 )
 from ipsec_nflog.nflog.codec import HOST, NFULA, RECORD_HEADER, Buffer, walk_records, walk_tlvs
 
-__all__ = ["Encoder", "PcapEncoder", "RawEncoder", "check_count", "short_record"]
+__all__ = ["Encoder", "Framing", "PcapEncoder", "RawEncoder", "check_count", "short_record"]
 
 
 class Encoder(Protocol):
@@ -60,6 +65,23 @@ class Encoder(Protocol):
 
     def trailer(self, stats: object, now: float) -> bytes:
         """Blocks that end a file (pcapng: ISBs from ``stats``)."""
+        ...
+
+
+class Framing(Protocol):
+    """Framing of a run of ring records done elsewhere (in C). What a call returns may be
+    reused by the next call. Both raise ValueError unless ``records`` is ``count`` whole
+    records."""
+
+    def pcapng(self, records: memoryview, count: int, iface_ids: Mapping[int, int],
+               synth_opts: bytes) -> tuple[Buffer, int]:
+        """(EPBs of the records, -1); ``synth_opts`` end the EPB of a record without
+        NFULA_TIMESTAMP. At a record whose group has no interface id: (empty, group)."""
+        ...
+
+    def raw(self, records: memoryview, count: int) -> tuple[Buffer, int]:
+        """(LINKTYPE_RAW records of the NFLOG payloads, how many; payloadless records are
+        left out)."""
         ...
 
 
@@ -107,10 +129,18 @@ class RawEncoder(PcapEncoder):
 
     format: ClassVar[str] = "raw"
 
+    _framing: Framing | None = None
+
     def __init__(self, snaplen: int) -> None:
         super().__init__(snaplen, LINKTYPE_RAW)
 
+    def use_framing(self, framing: Framing | None) -> None:
+        """Frame with ``framing`` (None: in Python again)."""
+        self._framing = framing
+
     def encode(self, mv: memoryview, count: int) -> tuple[Buffer, int]:
+        if self._framing is not None:
+            return self._framing.raw(mv, count)
         out = bytearray(len(mv))  # a payload is never longer than its record
         pack, payload = RECORD_HEADER.pack_into, NFULA.PAYLOAD
         p = n = found = 0

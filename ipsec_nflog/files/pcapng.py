@@ -20,7 +20,7 @@ import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import ClassVar
 
-from ipsec_nflog.files.encoders import check_count, short_record
+from ipsec_nflog.files.encoders import Framing, check_count, short_record
 from ipsec_nflog.files.format import (
     BLOCK_EPB,
     BLOCK_IDB,
@@ -161,7 +161,15 @@ class PcapngEncoder:
     def record_ends(self, body: memoryview) -> Iterator[int]:
         return block_ends(body)
 
+    _framing: Framing | None = None
+
+    def use_framing(self, framing: Framing | None) -> None:
+        """Frame EPBs with ``framing`` (None: in Python again)."""
+        self._framing = framing
+
     def encode(self, mv: memoryview, count: int) -> tuple[Buffer, int]:
+        if self._framing is not None:
+            return self._encode_framed(self._framing, mv, count)
         out = bytearray(len(mv) + count * _EPB_EXTRA)  # zeroed, so padding is free
         head, trailer_head = EPB_HEADER.pack_into, _TRAILER_EPB_HEADER.pack_into
         ids, synth, nsynth = self._iface_ids, _SYNTH_OPTS, len(_SYNTH_OPTS)
@@ -199,6 +207,14 @@ class PcapngEncoder:
             BLOCK_TRAILER.pack_into(out, p - 4, p - prev)
         check_count(n, count)
         return memoryview(out)[:p], count
+
+    def _encode_framed(self, framing: Framing, mv: memoryview, count: int
+                       ) -> tuple[Buffer, int]:
+        while True:  # each round declares one new group (ids only grow), then frames again
+            blocks, unknown = framing.pcapng(mv, count, self._iface_ids, _SYNTH_OPTS)
+            if unknown < 0:
+                return blocks, count
+            self._add_group(unknown)
 
     def trailer(self, stats: object, now: float) -> bytes:
         if stats is None and self._stats_source is not None:

@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from typing import Protocol, TypeVar, Union
 
 from ipsec_nflog.files.durable import BackgroundSync, DurableFile
-from ipsec_nflog.files.encoders import Encoder, PcapEncoder, RawEncoder
+from ipsec_nflog.files.encoders import Encoder, Framing, PcapEncoder, RawEncoder
 from ipsec_nflog.files.format import MAX_SNAPLEN, CaptureFileError, CaptureWriteError
 from ipsec_nflog.files.options import Clock, WriterOptions, WriteV
 from ipsec_nflog.files.pcapng import (
@@ -164,6 +164,16 @@ class CaptureWriter:
         except BaseException:
             self.records_lost += nrec - (self.records_written - before)
             raise
+
+    def use_framing(self, framing: Framing | None) -> bool:
+        """Let ``framing`` (e.g. ``ipsec_nflog.capture.framing.NativeFraming()``, C) frame
+        the records of formats that reframe them (pcapng, raw); the bytes written are the
+        same. Returns whether this writer's format uses it (pcap writes records as they
+        are)."""
+        if isinstance(self._encoder, (RawEncoder, PcapngEncoder)):
+            self._encoder.use_framing(framing)
+            return True
+        return False
 
     def write_batch(self, batch: BatchLike) -> None:
         """``write_records(batch.data, batch.count)``."""

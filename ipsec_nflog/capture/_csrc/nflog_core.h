@@ -36,7 +36,13 @@ struct nfc_params {
     const struct nfc_filter *filter; /* run on each packet's IP payload; must outlive the
                                         capture */
     struct nfc_select select;
+    /* Hand-over batching: with handover_ms > 0 the consumer is woken (event fd, nfc_wait)
+     * only once handover_bytes are pending or the oldest pending record has waited
+     * handover_ms, so several kernel batches go out as one. 0: wake at once. */
+    uint32_t handover_ms;    /* at most NFC_HANDOVER_MS_MAX */
+    uint32_t handover_bytes; /* 0 or more than a quarter of the ring: a quarter of the ring */
 };
+#define NFC_HANDOVER_MS_MAX 1000
 
 struct nfc_group_stats {
     uint32_t group;
@@ -91,8 +97,8 @@ int nfc_open(struct nfc_capture **out, const uint16_t *groups, uint32_t ngroups,
 int nfc_inject(struct nfc_capture *c, const char *datagram, uint32_t len);
 /* Start the reader thread that drains the sockets into the ring. */
 int nfc_start(struct nfc_capture *c);
-/* Wait up to timeout_ms (-1: forever) for pending records. Returns 1 when records are
- * pending, 0 on timeout or stop, -EINTR when a signal arrived. */
+/* Wait up to timeout_ms (-1: forever) for records ready to be handed over (see
+ * handover_ms). Returns 1 when they are, 0 on timeout or stop, -EINTR on a signal. */
 int nfc_wait(struct nfc_capture *c, int timeout_ms);
 /* Hand out the oldest pending records (at most max_packets/max_bytes, at least one record
  * when any is pending). Only one batch may be out at a time: -EALREADY otherwise. */
@@ -104,7 +110,8 @@ int nfc_release(struct nfc_capture *c);
 int nfc_pending(struct nfc_capture *c, uint64_t *packets, uint64_t *bytes);
 /* Snapshot per-group counters into out[0..n); returns the number of groups. */
 int nfc_stats(struct nfc_capture *c, struct nfc_group_stats *out, uint32_t n);
-/* An eventfd that is readable while records are pending (for select/asyncio). */
+/* An eventfd that is readable while records are ready (pending, and past the hand-over
+ * batching of handover_ms; for select/asyncio). */
 int nfc_event_fd(struct nfc_capture *c);
 /* Stall (1) or resume (0) the reader thread, so tests can make the kernel side overrun. */
 int nfc_pause(struct nfc_capture *c, int paused);

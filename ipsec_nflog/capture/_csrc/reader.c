@@ -27,8 +27,10 @@ static void handle_datagram(struct nfc_capture *c, struct nfc_group *from, const
                 from->st.netlink_errors++;
             if (nlh->nlmsg_seq == UNBIND_SEQ && !from->unbound) {
                 from->unbound = 1; /* every packet it flushed came before this ACK */
-                if (++c->unbound_groups == c->ngroups)
+                if (++c->unbound_groups == c->ngroups) {
                     pthread_cond_broadcast(&c->flushed_cv);
+                    nfc_signal_pending(c, 1, 1); /* stopping: no more batching */
+                }
             }
             continue;
         }
@@ -71,15 +73,25 @@ ssize_t nfc_recv_datagram(struct nfc_capture *c, struct nfc_group *g, int flags)
     }
 }
 
-void nfc_ingest(struct nfc_capture *c, struct nfc_group *g, ssize_t n)
+int nfc_ingest(struct nfc_capture *c, struct nfc_group *g, ssize_t n)
 {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     pthread_mutex_lock(&c->mu);
     uint64_t before = c->pending;
     handle_datagram(c, g, c->rbuf, (size_t)n, &now);
-    nfc_signal_pending(c, before);
+    int left = nfc_signal_pending(c, before, 0);
     pthread_mutex_unlock(&c->mu);
+    return left;
+}
+
+/* The hand-over deadline passed without a datagram: wake the consumer if it is due. */
+static int handover_due(struct nfc_capture *c)
+{
+    pthread_mutex_lock(&c->mu);
+    int left = nfc_signal_pending(c, 1, 0);
+    pthread_mutex_unlock(&c->mu);
+    return left;
 }
 
 static void *reader_main(void *arg)
@@ -90,12 +102,14 @@ static void *reader_main(void *arg)
         pfd[i] = (struct pollfd){.fd = c->g[i].fd, .events = POLLIN};
     pfd[c->ngroups] = (struct pollfd){.fd = c->stop_fd, .events = POLLIN};
 
+    int handover_left = -1; /* ms until pending records must be handed over, -1: none */
     while (!c->stopping) {
         if (c->paused) {
             poll(&pfd[c->ngroups], 1, 10);
             continue;
         }
-        int r = poll(pfd, c->ngroups + 1, 100);
+        int r = poll(pfd, c->ngroups + 1,
+                     handover_left >= 0 && handover_left < 100 ? handover_left : 100);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -103,6 +117,10 @@ static void *reader_main(void *arg)
         }
         if (pfd[c->ngroups].revents)
             break;
+        if (r == 0) {
+            handover_left = handover_due(c);
+            continue;
+        }
         for (uint32_t i = 0; i < c->ngroups; i++) {
             if (!(pfd[i].revents & (POLLIN | POLLERR)))
                 continue;
@@ -111,7 +129,7 @@ static void *reader_main(void *arg)
                 ssize_t n = nfc_recv_datagram(c, &c->g[i], MSG_DONTWAIT);
                 if (n <= 0)
                     break;
-                nfc_ingest(c, &c->g[i], n);
+                handover_left = nfc_ingest(c, &c->g[i], n);
             }
         }
     }

@@ -29,13 +29,31 @@ char *nfc_ring_reserve(struct nfc_capture *c, uint64_t len)
     return c->wr + len <= c->rd ? c->ring + c->wr : NULL;
 }
 
-void nfc_signal_pending(struct nfc_capture *c, uint64_t before)
+uint64_t nfc_monotonic_ms(void)
 {
-    if (before == 0 && c->pending > 0) {
-        uint64_t one = 1;
-        ssize_t r = write(c->event_fd, &one, sizeof(one));
-        (void)r;
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000u + (uint64_t)t.tv_nsec / 1000000u;
+}
+
+int nfc_signal_pending(struct nfc_capture *c, uint64_t before, int force)
+{
+    if (c->pending == 0 || c->ready)
+        return -1;
+    int64_t left = 0;
+    if (c->handover_ms && !force && c->pending_bytes < c->handover_bytes) {
+        uint64_t now = nfc_monotonic_ms();
+        if (before == 0)
+            c->pending_since_ms = now;
+        left = (int64_t)(c->pending_since_ms + c->handover_ms) - (int64_t)now;
     }
+    if (left > 0)
+        return (int)left;
+    uint64_t one = 1;
+    ssize_t r = write(c->event_fd, &one, sizeof(one));
+    (void)r;
+    c->ready = 1;
+    return -1;
 }
 
 int nfc_wait(struct nfc_capture *c, int timeout_ms)
@@ -43,9 +61,9 @@ int nfc_wait(struct nfc_capture *c, int timeout_ms)
     if (FOREIGN(c))
         return -ECHILD;
     pthread_mutex_lock(&c->mu);
-    uint64_t pending = c->pending;
+    int ready = c->ready || (c->pending && (c->stopping || !c->thread_running));
     pthread_mutex_unlock(&c->mu);
-    if (pending)
+    if (ready)
         return 1;
     struct pollfd pfd[2] = {{.fd = c->event_fd, .events = POLLIN},
                             {.fd = c->stop_fd, .events = POLLIN}};
@@ -131,6 +149,7 @@ int nfc_peek(struct nfc_capture *c, uint32_t max_packets, uint64_t max_bytes,
         uint64_t v;
         ssize_t r = read(c->event_fd, &v, sizeof(v));
         (void)r;
+        c->ready = 0;
     }
     pthread_mutex_unlock(&c->mu);
     return (int)n;

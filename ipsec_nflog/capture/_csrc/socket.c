@@ -183,6 +183,10 @@ static int alloc_capture(struct nfc_capture *c, const uint16_t *groups, uint32_t
     c->select = params->select;
     c->select_active = c->select.hook_mask || c->select.indev || c->select.outdev ||
                        c->select.has_prefix;
+    c->handover_ms = params->handover_ms;
+    c->handover_bytes = params->handover_bytes;
+    if (c->handover_bytes == 0 || c->handover_bytes > ring_size / 4)
+        c->handover_bytes = ring_size / 4; /* the ring must not fill while we batch */
     c->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->rbuf_size = NFC_RECV_BUFFER(nlbufsiz);
@@ -212,7 +216,8 @@ int nfc_open(struct nfc_capture **out, const uint16_t *groups, uint32_t ngroups,
     *out = NULL;
     *failed_group = -1;
     *failed_op = "validate";
-    if (ngroups == 0 || ngroups > NFC_MAX_GROUPS || ring_fd < 0 || ring_size < 4096)
+    if (ngroups == 0 || ngroups > NFC_MAX_GROUPS || ring_fd < 0 || ring_size < 4096 ||
+        params->handover_ms > NFC_HANDOVER_MS_MAX)
         return -EINVAL;
     pthread_once(&atfork_once, register_atfork);
     struct nfc_capture *c = calloc(1, sizeof(*c));

@@ -1,0 +1,105 @@
+"""The targets of issue 15, judged as ratios between programs of the same run (never absolute
+times), each with how noisy the run was. Used by run.py's report."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Cells = dict[tuple[str, int, int], Any]  # run.Cell
+PEERS = ("pcapy", "scapy", "nflogr")
+ITER_PPS = 500_000
+
+
+def _cpu(cells: Cells, tool: str, size: int = 64, rate: int = 0) -> list[float]:
+    c = cells.get((tool, size, rate))
+    return [] if c is None else sorted(c.vals(lambda r: r.cpu_us_per_pkt))
+
+
+def _spread(v: Sequence[float]) -> str:
+    m = statistics.median(v)
+    return f"{m:.3f} µs ({min(v):.3f}-{max(v):.3f}, ±{(max(v) - min(v)) / 2 / m:.0%}, n={len(v)})"
+
+
+def _ratio_row(cells: Cells, what: str, a: str, b: str, limit: float) -> tuple[str, str, str]:
+    va, vb = _cpu(cells, a), _cpu(cells, b)
+    if not va or not vb:
+        return what, f"not measured ({a if not va else b} missing)", "—"
+    r = statistics.median(va) / statistics.median(vb)
+    lo, hi = min(va) / max(vb), max(va) / min(vb)  # what the noise allows
+    verdict = "met" if r <= limit else "missed"
+    if (lo <= limit) != (hi <= limit):
+        verdict += " (within noise)"
+    return (what, f"{r:.2f}x (noise allows {lo:.2f}-{hi:.2f}x); {a} {_spread(va)}, "
+                  f"{b} {_spread(vb)}", verdict)
+
+
+def _rate_rows(cells: Cells) -> list[tuple[str, str, str]]:
+    rows = []
+    v = _cpu(cells, "iter")
+    what = f"per-packet iterator ≥ {ITER_PPS // 1000}k packets per reader CPU-second, 64 B"
+    if v:
+        pps = 1e6 / statistics.median(v)
+        rows.append((what, f"{pps / 1e3:.0f}k/s (noise allows {1e6 / max(v) / 1e3:.0f}k-"
+                           f"{1e6 / min(v) / 1e3:.0f}k); iter {_spread(v)}",
+                     "met" if pps >= ITER_PPS else "missed"))
+    else:
+        rows.append((what, "not measured (iter missing)", "—"))
+    peers = {p: _cpu(cells, p) for p in PEERS}
+    peers = {p: v for p, v in peers.items() if v}
+    what = "per-packet iterator ≥ 3x the best Python peer's packets per CPU-second"
+    if v and peers:
+        best = min(peers, key=lambda p: statistics.median(peers[p]))
+        pv = peers[best]
+        x = statistics.median(pv) / statistics.median(v)  # packets/CPU-s: iter over peer
+        lo, hi = min(pv) / max(v), max(pv) / min(v)
+        verdict = "met" if x >= 3 else "missed"
+        if (lo >= 3) != (hi >= 3):
+            verdict += " (within noise)"
+        rows.append((what, f"{x:.2f}x {best}'s (noise allows {lo:.2f}-{hi:.2f}x); {best} "
+                           f"{_spread(pv)}", verdict))
+    else:
+        rows.append((what, "not measured (no peer ran)" if v else "iter missing", "—"))
+    return rows
+
+
+def _lossless_rows(cells: Cells, sizes: Sequence[int], rates: Sequence[int],
+                   lossless: Callable[[Any], bool]) -> list[tuple[str, str, str]]:
+    rows = []
+    for size in sizes:
+        what = f"CLI lossless wherever the bare C reader is, {size} B"
+        ref = [r for r in rates if (c := cells.get(("cref", size, r))) and lossless(c)]
+        both = [r for r in ref if ("cli", size, r) in cells]
+        if not both:
+            rows.append((what, "not measured", "—"))
+            continue
+        lost = [r for r in both if not lossless(cells[("cli", size, r)])]
+        names = ", ".join("max" if r == 0 else str(r) for r in lost)
+        rows.append((what, f"{len(both) - len(lost)} of {len(both)} rates where cref was "
+                           "lossless" + (f"; CLI lost at {names}" if lost else ""),
+                     "met" if not lost else "missed"))
+    return rows
+
+
+def targets15_table(cells: Cells, sizes: Sequence[int], rates: Sequence[int],
+                    lossless: Callable[[Any], bool], background: str) -> str:
+    rows = [
+        _ratio_row(cells, "CLI -w pcap ≤ 1.2x the bare C reader (CPU/packet, 64 B flat out)",
+                   "cli", "cref", 1.2),
+        _ratio_row(cells, "CLI -w pcap ≤ 0.5x tcpdump", "cli", "tcpdump", 0.5),
+        _ratio_row(cells, "CLI --pcapng ≤ 1.1x the CLI's pcap", "cli-pcapng", "cli", 1.1),
+        _ratio_row(cells, "CLI --raw ≤ 1.1x the CLI's pcap", "cli-raw", "cli", 1.1),
+        _ratio_row(cells, "batch API ≤ 1.1x the CLI's pcap", "batch", "cli", 1.1),
+        *_rate_rows(cells),
+        *_lossless_rows(cells, sizes, rates, lossless),
+        _ratio_row(cells, "--low-latency ≤ 5x the default's CPU/packet", "cli-lowlat", "cli",
+                   5.0),
+    ]
+    lines = [f"Noise: {background}. Each figure is the median over the repeats of the flat-out "
+             "64 B cell, with min-max and half the range relative to the median; 'noise "
+             "allows' is the ratio from the most and least favourable repeats; a verdict "
+             "'(within noise)' could go the other way on those.", "",
+             "| target | this run | verdict |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | **{c}** |" for a, b, c in rows]
+    return "\n".join(lines)
