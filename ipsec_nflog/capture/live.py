@@ -296,10 +296,7 @@ class Capture:
         if release is not None:
             release.release()
         rows = _INDEX_ROW.iter_unpack(ffi.buffer(index, n * _INDEX_ROW.size))
-        make, resolver = Packet._indexed, self._ifname
-        for row in rows:
-            start = row[0]
-            yield make(data[start : start + row[1]], row, resolver)
+        yield from Packet._from_index(data, rows, self._ifname)
 
     def drain_batches(self, max_packets: int | None = None) -> Iterator[Batch]:
         """The records still in the ring, batch by batch without waiting, at most

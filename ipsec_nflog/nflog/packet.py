@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Generic, TypeVar, overload
 
 from ipsec_nflog.nflog.codec import (
     ATTR_NAMES,
@@ -84,6 +84,57 @@ def _u16(v: bytes) -> int | None:
 
 
 IfnameResolver = Callable[[int], str | None]
+T = TypeVar("T")
+
+
+class _Attr(Generic[T]):
+    """A read-only :class:`Packet` field decoded from one NFLOG attribute (``None`` when
+    the attribute is absent): the fields are declared as a table, one line each."""
+
+    def __init__(self, attr_type: int, decode: Callable[[bytes], T | None],
+                 doc: str | None = None) -> None:
+        self._type = attr_type
+        self._decode = decode
+        self.__doc__ = doc  # what help(Packet) shows for the field
+
+    @overload
+    def __get__(self, pkt: None, owner: type) -> _Attr[T]: ...
+    @overload
+    def __get__(self, pkt: Packet, owner: type) -> T | None: ...
+
+    def __get__(self, pkt: Packet | None, owner: type) -> _Attr[T] | T | None:
+        if pkt is None:
+            return self
+        v = pkt._get(self._type)
+        return None if v is None else self._decode(v)
+
+
+class _DeviceName:
+    """The name of an interface index field (``indev_name`` of ``indev``), from the packet's
+    resolver: the capture's namespace live, the file's own map when read."""
+
+    __slots__ = ("_index",)
+
+    def __init__(self, index: _Attr[int]) -> None:
+        self._index = index
+
+    @overload
+    def __get__(self, pkt: None, owner: type) -> _DeviceName: ...
+    @overload
+    def __get__(self, pkt: Packet, owner: type) -> str | None: ...
+
+    def __get__(self, pkt: Packet | None, owner: type) -> _DeviceName | str | None:
+        if pkt is None:
+            return self
+        index = self._index.__get__(pkt, owner)
+        return None if index is None else pkt._ifname(index)
+
+
+def _hwaddr(v: bytes) -> bytes | None:
+    if len(v) < 4:
+        return None
+    n = min((v[0] << 8) | v[1], len(v) - 4, 8)
+    return bytes(v[4 : 4 + n])
 
 
 def _default_ifname(index: int) -> str | None:
@@ -92,6 +143,12 @@ def _default_ifname(index: int) -> str | None:
     except OSError:
         return None
 
+
+_HOST_LE = HOST == "<"
+_OFF_FLAGS = INDEX_HEADER_WORDS
+_OFF_PACKET_HDR = INDEX_HEADER_WORDS + NFULA.PACKET_HDR
+_OFF_PAYLOAD = INDEX_HEADER_WORDS + NFULA.PAYLOAD
+_OFF_PREFIX = INDEX_HEADER_WORDS + NFULA.PREFIX
 
 AS_DICT_FIELDS = (
     "group family hw_protocol hook mark timestamp timestamp_synthesized indev outdev physindev "
@@ -161,21 +218,23 @@ class Packet(PacketBase):
         self._ip: Any = None
 
     @classmethod
-    def _indexed(cls, raw: bytes, index: Sequence[int],
-                 ifname_resolver: IfnameResolver | None) -> Packet:
-        """A live packet whose attribute offsets the C core already found (``index`` is a
-        ``struct nfc_index`` as a tuple: body_off, caplen, ts_sec, ts_usec, orig_len, then
-        one offset per attribute type)."""
-        p = cls.__new__(cls)
-        p.raw = raw
-        p.ts_sec = index[2]
-        p.ts_usec = index[3]
-        p.orig_len = index[4]
-        p._index = index if not index[INDEX_HEADER_WORDS] & INDEX_MALFORMED else None
-        p._le = HOST == "<"
-        p._ifname = ifname_resolver or _default_ifname
-        p._ip = None
-        return p
+    def _from_index(cls, run: bytes, rows: Iterable[Sequence[int]],
+                    ifname_resolver: IfnameResolver | None) -> Iterator[Packet]:
+        """The live packets of a run of ring records whose attribute offsets the C core
+        already found: each row is a ``struct nfc_index`` as a tuple (body_off, caplen,
+        ts_sec, ts_usec, orig_len, flags, then one offset per attribute type). The loop of
+        the per-packet iterator: one object and seven stores per packet."""
+        new, resolver = cls.__new__, ifname_resolver or _default_ifname
+        for row in rows:
+            p = new(cls)
+            start = row[0]
+            p.raw = run[start : start + row[1]]
+            p.ts_sec, p.ts_usec, p.orig_len = row[2], row[3], row[4]
+            p._index = None if row[_OFF_FLAGS] & INDEX_MALFORMED else row
+            p._le = _HOST_LE
+            p._ifname = resolver
+            p._ip = None
+            yield p
 
     # -- header ----------------------------------------------------------------------
     @property
@@ -195,16 +254,22 @@ class Packet(PacketBase):
     def _order(self) -> str:
         return "<" if self._le else ">"
 
-    def _get(self, t: int) -> bytes | None:
+    def _offset(self, t: int) -> int:
+        """Where attribute ``t``'s value starts in ``raw`` (0: absent); indexes ``raw``
+        (validating every TLV) on first use."""
         index = self._index
         if index is None:
             index = self._index = _build_index(self.raw, self._order)
-        off = index[INDEX_HEADER_WORDS + t]
-        if not off:
-            return None
+        return index[INDEX_HEADER_WORDS + t]
+
+    def _length(self, off: int) -> int:
+        """nla_len of the attribute whose value starts at ``off`` (header included)."""
         raw = self.raw
-        n = raw[off - 4] | raw[off - 3] << 8 if self._le else raw[off - 4] << 8 | raw[off - 3]
-        return raw[off : off + n - 4]
+        return raw[off - 4] | raw[off - 3] << 8 if self._le else raw[off - 4] << 8 | raw[off - 3]
+
+    def _get(self, t: int) -> bytes | None:
+        off = self._offset(t)
+        return self.raw[off : off + self._length(off) - 4] if off else None
 
     @property
     def attrs(self) -> dict[int, bytes]:
@@ -216,22 +281,20 @@ class Packet(PacketBase):
         self._index = _build_index(self.raw, self._order)
         return self
 
-    @property
-    def hw_protocol(self) -> int | None:
-        return self._u16_of(NFULA.PACKET_HDR)
+    hw_protocol = _Attr(NFULA.PACKET_HDR, _u16)
 
     @property
     def hook(self) -> int | None:
-        v = self._get(NFULA.PACKET_HDR)
-        return v[2] if v is not None and len(v) >= 3 else None
+        # inlined: hook, payload and prefix are what nearly every consumer reads
+        index = self._index
+        off = index[_OFF_PACKET_HDR] if index is not None else self._offset(NFULA.PACKET_HDR)
+        return self.raw[off + 2] if off and self._length(off) >= 7 else None
 
     @property
     def hook_name(self) -> str:
         return hook_name(self.family, self.hook)
 
-    @property
-    def mark(self) -> int | None:
-        return self._u32_of(NFULA.MARK)
+    mark = _Attr(NFULA.MARK, _u32)
 
     @property
     def kernel_timestamp(self) -> float | None:
@@ -250,109 +313,40 @@ class Packet(PacketBase):
     def timestamp_synthesized(self) -> bool:
         return self._get(NFULA.TIMESTAMP) is None
 
-    def _u32_of(self, t: int) -> int | None:
-        v = self._get(t)
-        return _u32(v) if v is not None else None
-
-    def _u16_of(self, t: int) -> int | None:
-        v = self._get(t)
-        return _u16(v) if v is not None else None
-
-    def _bytes_of(self, t: int) -> bytes | None:
-        v = self._get(t)
-        return None if v is None else bytes(v)
-
-    @property
-    def indev(self) -> int | None:
-        return self._u32_of(NFULA.IFINDEX_INDEV)
-
-    @property
-    def outdev(self) -> int | None:
-        return self._u32_of(NFULA.IFINDEX_OUTDEV)
-
-    @property
-    def physindev(self) -> int | None:
-        return self._u32_of(NFULA.IFINDEX_PHYSINDEV)
-
-    @property
-    def physoutdev(self) -> int | None:
-        return self._u32_of(NFULA.IFINDEX_PHYSOUTDEV)
-
-    def _name(self, index: int | None) -> str | None:
-        return None if index is None else self._ifname(index)
-
-    @property
-    def indev_name(self) -> str | None:
-        return self._name(self.indev)
-
-    @property
-    def outdev_name(self) -> str | None:
-        return self._name(self.outdev)
-
-    @property
-    def physindev_name(self) -> str | None:
-        return self._name(self.physindev)
-
-    @property
-    def physoutdev_name(self) -> str | None:
-        return self._name(self.physoutdev)
-
-    @property
-    def hwaddr(self) -> bytes | None:
-        v = self._get(NFULA.HWADDR)
-        if v is None or len(v) < 4:
-            return None
-        n = min((v[0] << 8) | v[1], len(v) - 4, 8)
-        return bytes(v[4 : 4 + n])
-
-    @property
-    def hwtype(self) -> int | None:
-        return self._u16_of(NFULA.HWTYPE)
-
-    @property
-    def hwheader(self) -> bytes | None:
-        return self._bytes_of(NFULA.HWHEADER)
-
-    @property
-    def hwlen(self) -> int | None:
-        return self._u16_of(NFULA.HWLEN)
+    indev = _Attr(NFULA.IFINDEX_INDEV, _u32)
+    outdev = _Attr(NFULA.IFINDEX_OUTDEV, _u32)
+    physindev = _Attr(NFULA.IFINDEX_PHYSINDEV, _u32)
+    physoutdev = _Attr(NFULA.IFINDEX_PHYSOUTDEV, _u32)
+    indev_name = _DeviceName(indev)
+    outdev_name = _DeviceName(outdev)
+    physindev_name = _DeviceName(physindev)
+    physoutdev_name = _DeviceName(physoutdev)
+    hwaddr = _Attr(NFULA.HWADDR, _hwaddr)
+    hwtype = _Attr(NFULA.HWTYPE, _u16)
+    hwheader = _Attr(NFULA.HWHEADER, bytes)
+    hwlen = _Attr(NFULA.HWLEN, _u16)
 
     @property
     def payload(self) -> bytes | None:
-        v = self._get(NFULA.PAYLOAD)
-        return None if v is None else bytes(v)
+        index = self._index
+        off = index[_OFF_PAYLOAD] if index is not None else self._offset(NFULA.PAYLOAD)
+        return self.raw[off : off + self._length(off) - 4] if off else None
 
     @property
     def prefix(self) -> str | None:
-        v = self._get(NFULA.PREFIX)
-        if v is None:
+        index = self._index
+        off = index[_OFF_PREFIX] if index is not None else self._offset(NFULA.PREFIX)
+        if not off:
             return None
-        return bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace")
+        value = self.raw[off : off + self._length(off) - 4]
+        return value.split(b"\0", 1)[0].decode("utf-8", "replace")
 
-    @property
-    def uid(self) -> int | None:
-        return self._u32_of(NFULA.UID)
-
-    @property
-    def gid(self) -> int | None:
-        return self._u32_of(NFULA.GID)
-
-    @property
-    def seq(self) -> int | None:
-        return self._u32_of(NFULA.SEQ)
-
-    @property
-    def seq_global(self) -> int | None:
-        return self._u32_of(NFULA.SEQ_GLOBAL)
-
-    @property
-    def ct(self) -> bytes | None:
-        """The nested conntrack attribute (NFULA_CT), undecoded."""
-        return self._bytes_of(NFULA.CT)
-
-    @property
-    def ct_info(self) -> int | None:
-        return self._u32_of(NFULA.CT_INFO)
+    uid = _Attr(NFULA.UID, _u32)
+    gid = _Attr(NFULA.GID, _u32)
+    seq = _Attr(NFULA.SEQ, _u32)
+    seq_global = _Attr(NFULA.SEQ_GLOBAL, _u32)
+    ct = _Attr(NFULA.CT, bytes, "The nested conntrack attribute (NFULA_CT), undecoded.")
+    ct_info = _Attr(NFULA.CT_INFO, _u32)
 
     @property
     def vlan(self) -> tuple[int | None, int | None] | None:
@@ -364,9 +358,7 @@ class Packet(PacketBase):
         p, t = inner.get(1), inner.get(2)
         return (_u16(p) if p is not None else None, _u16(t) if t is not None else None)
 
-    @property
-    def l2hdr(self) -> bytes | None:
-        return self._bytes_of(NFULA.L2HDR)
+    l2hdr = _Attr(NFULA.L2HDR, bytes)
 
     @property
     def unknown(self) -> dict[int, bytes]:

@@ -231,7 +231,8 @@ def assert_agree(recs: list[bytes]) -> int:
             assert python is not None, raw.hex()
             assert tuple(python) == (0,) * INDEX_HEADER_WORDS + row[INDEX_HEADER_WORDS:], raw.hex()
         # what a user sees: the live (C-indexed) packet and the file (pure) packet are alike
-        live = Packet._indexed(raw, row, None)
+        live = next(Packet._from_index(ring, [row], None))
+        assert live.raw == raw
         pure = Packet(raw, sec, usec, orig_len, HOST, None)
         assert outcome(live) == outcome(pure), raw.hex()
     return malformed
