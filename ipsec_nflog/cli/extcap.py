@@ -25,7 +25,6 @@ import errno
 import os
 import pwd
 import select
-import stat
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -41,6 +40,7 @@ from ipsec_nflog.cli.extcap_config import (
     interface_lines,
     parse_options,
 )
+from ipsec_nflog.cli.extcap_install import lstat_kind
 from ipsec_nflog.cli.output_hangup import HangupWatch
 from ipsec_nflog.system.procinfo import CAP_NET_ADMIN, has_capability
 from ipsec_nflog.system.signals import die_with_parent, stop_signals
@@ -263,12 +263,7 @@ def open_fifo(path: str, stop: StopSignals, owner: int | None = None,
     regular file, device or symbolic link at that path (as root under sudo, the path comes
     from the user), and only one of ``owner``'s if given (a member's capture: never a FIFO
     of root's such as /run/initctl), else of root's, ours or the sudo user's."""
-    try:
-        st = os.lstat(path)
-    except OSError as e:
-        raise CliError(f"--fifo {path}: {e.strerror}") from None
-    if not stat.S_ISFIFO(st.st_mode):
-        raise CliError(f"--fifo {path} is not a FIFO; not writing into it")
+    st = lstat_kind(path, "--fifo", "FIFO")
     allowed = {0, os.getuid(), os.geteuid()}
     sudo_uid = os.environ.get("SUDO_UID", "")
     if os.getuid() == 0 and sudo_uid.isdigit():
@@ -312,12 +307,7 @@ class _ControlPipes:
         self._out_fd = -1
 
     def _look_up(self, path: str) -> os.stat_result:
-        try:
-            st = os.lstat(path)
-        except OSError as e:
-            raise CliError(f"extcap control pipe {path}: {e.strerror}") from None
-        if not stat.S_ISFIFO(st.st_mode):
-            raise CliError(f"extcap control pipe {path} is not a FIFO")
+        st = lstat_kind(path, "extcap control pipe", "FIFO")
         if self._owner is not None and st.st_uid != self._owner:
             raise CliError(f"extcap control pipe {path} belongs to uid {st.st_uid}")
         return st

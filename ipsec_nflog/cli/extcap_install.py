@@ -131,14 +131,24 @@ def _refuse_through_launcher(args: argparse.Namespace) -> None:
                        "run 'ipsec-nflog extcap --install' itself")
 
 
+_KINDS: dict[str, Callable[[int], bool]] = {"FIFO": stat.S_ISFIFO, "directory": stat.S_ISDIR}
+
+
+def lstat_kind(path: str, label: str, kind: str) -> os.stat_result:
+    """lstat of ``path``, which must be a ``kind`` ("FIFO", "directory") itself, never a
+    symbolic link to one; a CliError naming ``label`` and the path otherwise."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise CliError(f"{label} {path}: {e.strerror}") from None
+    if not _KINDS[kind](st.st_mode):
+        raise CliError(f"{label} {path} is not a {kind}")
+    return st
+
+
 def _check_folder(folder: str) -> None:
     """A real directory that only its owner (root, or us) can change, up to /."""
-    try:
-        st = os.lstat(folder)
-    except OSError as e:
-        raise CliError(f"extcap folder {folder}: {e.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise CliError(f"extcap folder {folder} is not a directory")
+    lstat_kind(folder, "extcap folder", "directory")
     here = folder
     while True:
         st = os.stat(here)

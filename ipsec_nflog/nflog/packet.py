@@ -388,15 +388,10 @@ def _build_index(raw: Buffer, order: str) -> list[int]:
     return index
 
 
-def parse_nflog(
-    body: Buffer,
-    ts_sec: int = 0,
-    ts_usec: int = 0,
-    orig_len: int | None = None,
-    byteorder: str = HOST,
-    ifname_resolver: IfnameResolver | None = None,
-) -> Packet:
-    """Parse one LINKTYPE_NFLOG record body, validating every TLV eagerly."""
+def parse_nflog(body: Buffer, ts_sec: int = 0, ts_usec: int = 0, orig_len: int | None = None,
+                byteorder: str = HOST, ifname_resolver: IfnameResolver | None = None) -> Packet:
+    """Parse one LINKTYPE_NFLOG record body, validating every TLV eagerly (the arguments
+    are :class:`Packet`'s)."""
     return Packet(bytes(body), ts_sec, ts_usec, orig_len, byteorder, ifname_resolver).validate()
 
 
