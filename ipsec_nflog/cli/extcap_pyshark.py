@@ -9,6 +9,7 @@ dumpcap cannot run extcap programs - only tshark and Wireshark start them - so
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,5 +46,10 @@ def live_capture(interface: str = IFACE_IPSEC, options: Mapping[str, object] | N
             return await Capture._get_tshark_process(self, packet_count=packet_count,
                                                      stdin=stdin)
 
+    if "eventloop" not in kwargs:
+        try:
+            asyncio.get_event_loop_policy().get_event_loop()
+        except RuntimeError:  # an earlier asyncio.run() left none; pyshark needs a current one
+            asyncio.set_event_loop(asyncio.new_event_loop())
     prefs = {**extcap_prefs(interface, options or {}), **kwargs.pop("override_prefs", {})}
     return ExtcapLiveCapture(interface=interface, override_prefs=prefs, **kwargs)

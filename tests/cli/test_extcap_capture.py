@@ -7,6 +7,7 @@ and removes it at the end, failing if anything is left."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -120,6 +121,7 @@ def test_pyshark_live_capture(installed: str, netns: str) -> None:
     pytest.importorskip("pyshark")
     from ipsec_nflog.cli.extcap_pyshark import live_capture
 
+    asyncio.run(asyncio.sleep(0))  # as earlier tests do: no current event loop is left
     group, before = 62, ruleset(netns)
     cap = live_capture(options={"group": group, "rules": "ike-esp-out", "netns": netns})
 
