@@ -1,5 +1,3 @@
-import sys
+from ipsec_nflog.cli.main import run
 
-from ipsec_nflog.cli.main import main
-
-sys.exit(main())
+run()

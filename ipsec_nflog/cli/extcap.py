@@ -28,7 +28,7 @@ import select
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ipsec_nflog._version import __version__
 from ipsec_nflog.cli.errors import EXIT_FAIL, EXIT_OK, CliError
@@ -48,7 +48,7 @@ from ipsec_nflog.system.signals import die_with_parent, stop_signals
 if TYPE_CHECKING:
     from ipsec_nflog.system.signals import StopSignals
 
-__all__ = ["add_extcap_arguments", "cmd_extcap", "main", "open_fifo"]
+__all__ = ["add_extcap_arguments", "cmd_extcap", "main", "open_fifo", "run"]
 
 FIFO_WAIT = 0.05  # seconds between attempts to open the FIFO before its reader is there
 
@@ -87,10 +87,17 @@ def add_extcap_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``ipsec-nflog-extcap`` console script: ``ipsec-nflog extcap ARGS``."""
+    """``ipsec-nflog extcap ARGS``."""
     from ipsec_nflog.cli.main import main as cli_main
 
     return cli_main(["extcap", *(sys.argv[1:] if argv is None else argv)])
+
+
+def run() -> NoReturn:
+    """The ``ipsec-nflog-extcap`` console script."""
+    from ipsec_nflog.cli.main import exit_quickly
+
+    exit_quickly(main)
 
 
 def cmd_extcap(args: argparse.Namespace) -> int:

@@ -8,8 +8,12 @@ stderr and exit status 2 (1 for runtime failures), never a traceback unless ``--
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from ipsec_nflog.cli.capture import cmd_capture
 from ipsec_nflog.cli.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
@@ -18,7 +22,7 @@ from ipsec_nflog.cli.parser import build_parser
 from ipsec_nflog.errors import NflogError
 from ipsec_nflog.system.signals import StopSignals
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "exit_quickly", "main", "run"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,5 +67,33 @@ def _run_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE if isinstance(e, (ValueError, CliError)) else EXIT_FAIL
 
 
+def exit_quickly(command: Callable[[], int]) -> NoReturn:
+    """Run ``command`` and exit with its status the way tcpdump does: at once. The
+    interpreter's own teardown (freeing every module, its final garbage collections) costs
+    ~30 ms of CPU after a capture has ended, more than the C reader spends on 100k packets.
+    The atexit handlers still run and the standard streams are flushed; with a thread still
+    running, the normal exit (which joins it) is taken instead."""
+    try:
+        code = command()
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):
+            print(e.code, file=sys.stderr)
+    if threading.active_count() > 1:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away, a closed stream
+            pass
+    os._exit(code)
+
+
+def run() -> NoReturn:
+    """The ``ipsec-nflog`` console script and ``python -m ipsec_nflog``."""
+    exit_quickly(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -140,6 +140,8 @@ def test_pyshark_live_capture(installed: str, netns: str) -> None:
     finally:
         sender.join()
         cap.close()
+        cap.eventloop.close()  # and its SIGCHLD handler: later tests send signals
+        asyncio.set_event_loop(None)
     assert len(packets) == 4
     for p in packets:  # tshark's own dissection of our pcapng: NFLOG, then the IP packet
         names = [layer.layer_name for layer in p.layers]
