@@ -58,6 +58,17 @@ def send_mix(ns: str) -> None:
     send_udp(ns, 501, 3, b"unlogged")
 
 
+def send_once_rules_are_in(netns: str, tshark: subprocess.Popen[str]) -> str:
+    """Wait for the extcap's rules (they go in before the bind), send the mix, and return
+    tshark's stderr once it has ended."""
+    deadline = time.monotonic() + 10
+    while "ipsec_nflog" not in our_rules(netns):
+        assert time.monotonic() < deadline, "rules never appeared"
+        time.sleep(0.05)
+    send_mix(netns)
+    return tshark.communicate(timeout=30)[1]
+
+
 def payloads(path: Path) -> list[bytes]:
     return [p.payload[28:] for p in read_capture(str(path)) if p.payload is not None]
 
@@ -92,12 +103,7 @@ def test_tshark_captures_exactly_the_sent_packets(installed: str, netns: str,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_bound(netns, group, tshark)
-        deadline = time.monotonic() + 10
-        while "ipsec_nflog" not in our_rules(netns):  # the rules go in before the bind
-            assert time.monotonic() < deadline, "rules never appeared"
-            time.sleep(0.05)
-        send_mix(netns)
-        _, err = tshark.communicate(timeout=30)
+        err = send_once_rules_are_in(netns, tshark)
     finally:
         if tshark.poll() is None:
             tshark.kill()

@@ -28,8 +28,12 @@ from ipsec_nflog.cli import extcap_install
 from ipsec_nflog.cli.errors import CliError
 from ipsec_nflog.files.writer import read_capture
 from ipsec_nflog.system.procinfo import group_bindings
-from tests.cli.test_cli import our_rules
-from tests.cli.test_extcap_capture import payloads, processes_of, ruleset, send_mix
+from tests.cli.test_extcap_capture import (
+    payloads,
+    processes_of,
+    ruleset,
+    send_once_rules_are_in,
+)
 from tests.conftest import require_tool
 
 EXTCAP = [sys.executable, "-m", "ipsec_nflog", "extcap"]
@@ -132,12 +136,7 @@ def test_a_member_captures_exactly_the_sent_packets(sudo_setup: SudoSetup, netns
         binder = _wait_binder(netns, group, tshark)
         # the capture holding the group runs as the member; root only keeps the rules
         assert _uid_of(binder) == pwd.getpwnam(s.member).pw_uid
-        deadline = time.monotonic() + 10
-        while "ipsec_nflog" not in our_rules(netns):
-            assert time.monotonic() < deadline, "rules never appeared"
-            time.sleep(0.05)
-        send_mix(netns)
-        _, err = tshark.communicate(timeout=30)
+        err = send_once_rules_are_in(netns, tshark)
     finally:
         if tshark.poll() is None:
             tshark.kill()
