@@ -102,7 +102,7 @@ class CaptureWriter:
         self._target_fd = path if isinstance(path, int) else -1
         if self._target_fd >= 0 and options.rotates:
             raise ValueError("a file descriptor cannot rotate (rotate_bytes/rotate_seconds)")
-        self._options = self.options = options
+        self.options = options
         self._encoder = encoder
         self.format: str = encoder.format
         self.linktype: int = encoder.linktype
@@ -186,12 +186,12 @@ class CaptureWriter:
 
     def flush_if_due(self) -> None:
         """fdatasync if ``flush_interval`` has passed since the last one and data is pending."""
-        interval = self._options.flush_interval
+        interval = self.options.flush_interval
         if self._closed or self._failed or interval is None:
             return
         if self._file is None or not self._file.dirty:
             return
-        if self._options.clock() - self._last_sync >= interval:
+        if self.options.clock() - self._last_sync >= interval:
             self._sync(background=True)
 
     def close(self, stats: object = None) -> None:
@@ -238,7 +238,7 @@ class CaptureWriter:
 
     def _write_encoded(self, body: memoryview, nrec: int) -> None:
         """Commit one encoded batch, rotating as needed, then sync if due."""
-        if self._options.rotate_seconds is not None:
+        if self.options.rotate_seconds is not None:
             new_period = self._rotation.new_period()
             if new_period is not None:
                 self._rotate(new_period)
@@ -259,13 +259,13 @@ class CaptureWriter:
             elif not file.records:  # not even one record parses: do not spin
                 raise ValueError(f"batch is not whole pcap records ({len(body)} bytes left)")
             self._rotate()
-        if self._options.flush_every_batch:
+        if self.options.flush_every_batch:
             self._sync()
         else:
             self.flush_if_due()
 
     def _open_file(self) -> None:
-        fd, opts = self._target_fd, self._options
+        fd, opts = self._target_fd, self.options
         if fd >= 0:
             name = "<stdout>" if fd == 1 else f"<fd {fd}>"
             file = DurableFile.duplicate(fd, name, writev=opts.writev, syncer=self._background)
@@ -294,7 +294,7 @@ class CaptureWriter:
             raise self._error(e, "cannot start the next capture file", e.filename) from None
 
     def _finish_file(self, stats: object, background: bool = False) -> None:
-        trailer = self._encoder.trailer(stats, self._options.clock())
+        trailer = self._encoder.trailer(stats, self.options.clock())
         if trailer:
             self._commit(trailer, memoryview(b""), 0)
         self._sync(background)
@@ -322,7 +322,7 @@ class CaptureWriter:
             self._file.sync(background)
         except OSError as e:
             raise self._error(e, f"fdatasync of {self.path} failed") from e
-        self._last_sync = self._options.clock()
+        self._last_sync = self.options.clock()
 
 
 class PcapWriter(CaptureWriter):
