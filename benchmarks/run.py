@@ -106,6 +106,11 @@ TOOLS: dict[str, Tool] = {
         Tool("tcpdump", "tcpdump -w", ["tcpdump", "-i", "nflog:{group}", "-w", "{out}"],
              "tcpdump"),
         Tool("cref", "bare C reader", ["{cref}", "-g", "{group}", "-w", "{out}"], "cref"),
+        # The C reader with --low-latency's kernel settings: the floor for one packet per
+        # netlink message.
+        Tool("cref-lowlat", "bare C reader, --low-latency settings",
+             ["{cref}", "-q", "1", "-t", "0", "-n", "4096", "-g", "{group}", "-w", "{out}"],
+             "cref"),
         Tool("cli", "ipsec-nflog capture -w",
              ["{cli}", "capture", "-g", "{group}", "-w", "{out}"], "cli"),
         Tool("cli-lowlat", "ipsec-nflog capture --low-latency -w",

@@ -21,6 +21,9 @@ NLBUFSIZ_MAX = 131072  # the kernel ignores larger values without an error
 MAX_GROUPS = 32
 FLUSH_TIMEOUT_MAX = 10.0  # seconds; longer only delays packets (stop() flushes at once)
 HANDOVER_DELAY_MAX = 1.0  # seconds (NFC_HANDOVER_MS_MAX)
+LATENCY_BUDGET_MAX = 0.01  # seconds (NFC_LATENCY_BUDGET_US_MAX)
+QTHRESHOLD_ADAPT_MAX = 256  # NFC_QTHRESH_ADAPT_MAX
+LOW_LATENCY_BUDGET = 100e-6  # low_latency(): a kernel batch fills within 100 µs
 MiB = 1024 * 1024
 
 
@@ -59,6 +62,10 @@ class CaptureConfig:
     # pending or the oldest record has waited this long (seconds), so one wakeup, one pass
     # of Python and one write take several kernel batches. 0: at once (lowest latency).
     handover_delay: float = 0.0
+    # Adaptive queue threshold: > 0 lets the reader raise the kernel's qthreshold under load
+    # (up to 256) so that a batch fills within this many seconds at the current rate, and
+    # lower it back to ``qthreshold`` when the rate falls. Needs flush_timeout 0. 0: fixed.
+    latency_budget: float = 0.0
 
     def __post_init__(self) -> None:
         groups = self.groups
@@ -86,6 +93,14 @@ class CaptureConfig:
                 or not 0 <= hd <= HANDOVER_DELAY_MAX):
             raise ValueError(f"handover_delay must be 0..{HANDOVER_DELAY_MAX:g} seconds, "
                              f"got {hd!r}")
+        lb = self.latency_budget
+        if (isinstance(lb, bool) or not isinstance(lb, (int, float))
+                or not 0 <= lb <= LATENCY_BUDGET_MAX):
+            raise ValueError(f"latency_budget must be 0..{LATENCY_BUDGET_MAX:g} seconds, "
+                             f"got {lb!r}")
+        if lb and (self.flush_timeout != 0 or self.qthreshold > QTHRESHOLD_ADAPT_MAX):
+            raise ValueError("latency_budget needs flush_timeout 0 and a qthreshold of at "
+                             f"most {QTHRESHOLD_ADAPT_MAX} (its floor)")
         check_int("nlbufsiz", self.nlbufsiz, NLBUFSIZ_MIN, NLBUFSIZ_MAX)
         check_int("rcvbuf", self.rcvbuf, 0, 2**31 - 1)
         ring_min = recv_buffer_size(self.nlbufsiz)
@@ -118,12 +133,15 @@ class CaptureConfig:
 
     @classmethod
     def low_latency(cls, groups: Union[int, Iterable[int]], **kw: Any) -> CaptureConfig:
-        """One packet per netlink message: receive times (and so the synthesized timestamps
-        of OUTPUT/POSTROUTING packets) stay close to real time, at a much higher CPU cost
-        per packet."""
+        """One packet per netlink message while the rate is low, so receive times (and with
+        them the synthesized timestamps of OUTPUT/POSTROUTING packets) stay close to real
+        time. Under load the kernel batches just enough packets to fill a message within
+        ``latency_budget`` (100 µs), which keeps the cost per packet near the default's."""
         kw.setdefault("qthreshold", 1)
         kw.setdefault("flush_timeout", 0.0)
         kw.setdefault("nlbufsiz", NLBUFSIZ_MIN)
+        if kw["flush_timeout"] == 0 and kw["qthreshold"] <= QTHRESHOLD_ADAPT_MAX:
+            kw.setdefault("latency_budget", LOW_LATENCY_BUDGET)
         return cls(groups=tuple(groups) if not isinstance(groups, int) else (groups,), **kw)
 
     def replace(self, **changes: Any) -> CaptureConfig:

@@ -146,6 +146,7 @@ class Capture:
             "select": self._select[0],
             "handover_ms": round(cfg.handover_delay * 1000),
             "handover_bytes": HANDOVER_BYTES,
+            "latency_budget_us": round(cfg.latency_budget * 1e6),
         })
         groups = ffi.new("uint16_t[]", list(cfg.groups))
         out = ffi.new("struct nfc_capture **")

@@ -36,6 +36,8 @@ class GroupStats:
     rcvbuf: int = 0
     nlbufsiz: int = 0
     portid: int = 0
+    qthreshold: int = 0  # the kernel's queue threshold at the snapshot (adaptive: moves)
+    qthreshold_peak: int = 0  # the highest it was set to
 
     @property
     def dropped_packets(self) -> int:

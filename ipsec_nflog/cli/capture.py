@@ -101,8 +101,10 @@ def capture_config(args: argparse.Namespace) -> CaptureConfig:
         # sits idle while the reader drains it, so the ring is the only slack. Pages are
         # touched only when a burst needs them.
         opts["ring_size"] = FILE_RING_SIZE
-    if args.write and not args.low_latency and not args.packet_buffered:
-        # One wakeup, one pass of Python and one write for several kernel batches.
+    if args.write and not args.packet_buffered:
+        # One wakeup, one pass of Python and one write for several kernel batches. Also with
+        # --low-latency: its timestamps are taken when the reader receives, not when the
+        # writer writes; -U is what makes every packet go out at once.
         opts["handover_delay"] = FILE_HANDOVER_DELAY
     try:
         config = (CaptureConfig.low_latency(groups, **opts) if args.low_latency

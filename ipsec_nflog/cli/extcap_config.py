@@ -80,7 +80,8 @@ OPTIONS: tuple[ExtcapOption, ...] = (
     ExtcapOption("--netns", "Network namespace", "string", "capture (and install the rules) "
                  "inside this named network namespace (ip netns)", "Capture"),
     ExtcapOption("--low-latency", "Low latency", "boolflag", "one packet per netlink "
-                 "message: timely OUTPUT timestamps, about ten times the CPU", "Capture"),
+                 "message (under load: as many as fill one in 100 µs): timely OUTPUT "
+                 "timestamps, more CPU", "Capture"),
 )
 
 

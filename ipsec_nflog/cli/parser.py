@@ -169,7 +169,8 @@ def _add_file_options(c: argparse.ArgumentParser) -> None:
 def _add_kernel_options(c: argparse.ArgumentParser) -> None:
     """capture: how the kernel batches packets, and the buffers that absorb bursts."""
     c.add_argument("--low-latency", action="store_true",
-                   help="one packet per netlink message: timely timestamps, more CPU")
+                   help="one packet per netlink message, or as many as fill one in 100 µs "
+                        "under load: timely timestamps, more CPU")
     c.add_argument("--qthreshold", type=int,
                    help="packets the kernel batches into one netlink message (default 1000; "
                         "1 with --low-latency)")

@@ -16,7 +16,8 @@
 The group is picked free (``/proc/net/netfilter/nfnetlink_log`` of the target namespace)
 unless given, and bound before the rules go in, so no logged packet finds nobody listening.
 Each preset's rules log with the preset's name as NFLOG prefix unless ``prefix=`` is given.
-The capture runs in low-latency mode (one packet per netlink message): packets reach
+The capture runs in low-latency mode (one packet per netlink message, or under load as many
+as fill one in 100 µs): packets reach
 ``expect`` as they happen. Everything captured is kept, parsed (``packets``) and as records
 (``save``), for the lifetime of the object.
 """

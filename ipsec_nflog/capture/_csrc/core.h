@@ -19,15 +19,22 @@
 #pragma GCC visibility push(hidden)
 
 #define REC_HDR 16u
+/* Receive slots: as many as fit in this many bytes, 1..NFC_RECV_SLOTS_MAX. Pages are
+ * touched only as far as datagrams fill them. */
+#define NFC_RECV_SLOTS_BYTES (4u << 20)
+#define NFC_RECV_SLOTS_MAX 32u
 #define NFLOG_MSG_PACKET ((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET)
 #define BIND_SEQ 1u   /* nlmsg_seq of the bind/configure request */
 #define UNBIND_SEQ 2u /* ... and of the unbind (flush) request */
+#define QTHRESH_SEQ 3u /* ... and of an adaptive qthreshold change (no ACK asked) */
 
 struct nfc_group {
     int fd;
     uint16_t group;
     uint32_t next_seq; /* the kernel numbers a new instance's packets from 0 */
     int unbound;       /* the kernel acknowledged our UNBIND: its queue has been flushed */
+    uint64_t adapt_since_us; /* CLOCK_MONOTONIC start of the rate window */
+    uint64_t adapt_packets;  /* packets received in it */
     struct nfc_group_stats st;
 };
 
@@ -49,8 +56,10 @@ struct nfc_capture {
     const struct nfc_filter *filter; /* NULL: keep everything */
     struct nfc_select select;
     int select_active;               /* select has a field that is not "any" */
-    char *rbuf; /* recv buffer: a whole kernel batch plus headroom */
+    char *rbuf; /* nslots receive slots of rbuf_size bytes: a whole kernel batch plus
+                 * headroom each, so one recvmmsg() takes several datagrams */
     size_t rbuf_size;
+    uint32_t nslots;
 
     pthread_mutex_t mu;
     /* ring, guarded by mu: stored data is [rd, wrap_end) + [0, wr) when wrapped, else
@@ -75,6 +84,8 @@ struct nfc_capture {
     uint32_t handover_ms;    /* 0: signal as soon as records are pending */
     uint64_t handover_bytes; /* signal at once from this many pending bytes */
     uint64_t pending_since_ms; /* CLOCK_MONOTONIC when pending last went from 0 to > 0 */
+    uint32_t latency_budget_us; /* adaptive qthreshold (nfc_params); 0: off */
+    uint32_t qthreshold_base;   /* the configured qthreshold: the adaptive floor */
     int stop_fd;  /* tells the reader thread (and waiters) to stop */
     pthread_t thread;
     int thread_running;
@@ -145,6 +156,7 @@ uint64_t nfc_monotonic_ms(void);
 /* reader.c: one datagram from a group socket (bytes, 0 when none waits, or -errno), and
  * storing its packets in the ring (returns nfc_signal_pending's); used by the
  * configuration step too. */
+int nfc_send_qthreshold(struct nfc_group *g, uint32_t qthreshold);
 ssize_t nfc_recv_datagram(struct nfc_capture *c, struct nfc_group *g, int flags);
 int nfc_ingest(struct nfc_capture *c, struct nfc_group *g, ssize_t n);
 /* reader.c: stop and join the reader thread, if it runs. */

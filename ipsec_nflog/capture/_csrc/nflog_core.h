@@ -41,8 +41,18 @@ struct nfc_params {
      * handover_ms, so several kernel batches go out as one. 0: wake at once. */
     uint32_t handover_ms;    /* at most NFC_HANDOVER_MS_MAX */
     uint32_t handover_bytes; /* 0 or more than a quarter of the ring: a quarter of the ring */
+    /* Adaptive queue threshold (--low-latency): with latency_budget_us > 0 the reader
+     * raises the kernel's qthreshold under load, up to NFC_QTHRESH_ADAPT_MAX, so that a
+     * kernel batch fills within this many microseconds at the rate of the last
+     * NFC_ADAPT_WINDOW_US, and lowers it again (to qthreshold) as the rate falls or the
+     * group goes quiet. Needs timeout_cs 0, so a batch the rate no longer fills is sent at
+     * the next kernel tick. 0: qthreshold stays as configured. */
+    uint32_t latency_budget_us; /* at most NFC_LATENCY_BUDGET_US_MAX */
 };
 #define NFC_HANDOVER_MS_MAX 1000
+#define NFC_LATENCY_BUDGET_US_MAX 10000
+#define NFC_QTHRESH_ADAPT_MAX 256
+#define NFC_ADAPT_WINDOW_US 2000
 
 struct nfc_group_stats {
     uint32_t group;
@@ -67,6 +77,8 @@ struct nfc_group_stats {
     uint64_t netlink_errors;     /* NLMSG_ERROR messages with an error code */
     uint64_t malformed;          /* messages too short to be NFLOG packets */
     uint64_t filtered_packets;   /* rejected by the filter or the selector: not lost */
+    uint32_t qthreshold;         /* the kernel's queue threshold now (adaptive: moves) */
+    uint32_t qthreshold_peak;    /* the highest it was set to */
 };
 
 struct nfc_batch {

@@ -1,5 +1,5 @@
 /* ipsec_nflog C core: the reader thread. It polls the group sockets and the stop eventfd,
- * recv()s whole kernel batches, and stores every packet message of a datagram in the ring
+ * recvmmsg()s whole kernel batches, and stores every packet message of a datagram in the ring
  * under one lock; NLMSG_ERROR acknowledgements of our unbind mark a group as flushed. */
 #define _GNU_SOURCE
 #include "core.h"
@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -47,20 +48,48 @@ static void handle_datagram(struct nfc_capture *c, struct nfc_group *from, const
     }
 }
 
-/* recv() one datagram from a group socket; returns bytes, 0 when none is waiting, or
- * -errno. ENOBUFS is counted here and reported as "try again". */
+/* Count one received datagram of r bytes (more than a slot holds: truncated to it). */
+static size_t count_datagram(struct nfc_capture *c, struct nfc_group *g, size_t r)
+{
+    if (r > c->rbuf_size) {
+        g->st.truncated_datagrams++;
+        r = c->rbuf_size;
+    }
+    g->st.datagrams++;
+    if ((uint64_t)r > g->st.max_datagram)
+        g->st.max_datagram = (uint64_t)r;
+    return r;
+}
+
+/* recv() one datagram from a group socket into slot 0; returns bytes, 0 when none is
+ * waiting, or -errno. ENOBUFS is counted here and reported as "try again". */
 ssize_t nfc_recv_datagram(struct nfc_capture *c, struct nfc_group *g, int flags)
 {
     for (;;) {
         ssize_t r = recv(g->fd, c->rbuf, c->rbuf_size, MSG_TRUNC | flags);
+        if (r >= 0)
+            return (ssize_t)count_datagram(c, g, (size_t)r);
+        if (errno == EINTR)
+            continue;
+        if (errno == ENOBUFS) {
+            g->st.enobufs_events++;
+            continue;
+        }
+        return errno == EAGAIN ? 0 : -errno;
+    }
+}
+
+/* recvmmsg() what is waiting on a group socket, one datagram per slot, without blocking:
+ * one syscall for a burst of small datagrams, and none spent on finding the queue empty.
+ * Returns how many (their lengths in len[]), 0 when none is waiting, or -errno. */
+static int recv_datagrams(struct nfc_capture *c, struct nfc_group *g, struct mmsghdr *m,
+                          size_t *len)
+{
+    for (;;) {
+        int r = recvmmsg(g->fd, m, c->nslots, MSG_TRUNC | MSG_DONTWAIT, NULL);
         if (r >= 0) {
-            if ((size_t)r > c->rbuf_size) {
-                g->st.truncated_datagrams++;
-                r = (ssize_t)c->rbuf_size;
-            }
-            g->st.datagrams++;
-            if ((uint64_t)r > g->st.max_datagram)
-                g->st.max_datagram = (uint64_t)r;
+            for (int i = 0; i < r; i++)
+                len[i] = count_datagram(c, g, m[i].msg_len);
             return r;
         }
         if (errno == EINTR)
@@ -73,16 +102,75 @@ ssize_t nfc_recv_datagram(struct nfc_capture *c, struct nfc_group *g, int flags)
     }
 }
 
-int nfc_ingest(struct nfc_capture *c, struct nfc_group *g, ssize_t n)
+/* Store n received datagrams (slot i holds len[i] bytes) under one lock, all stamped with
+ * the time they were taken. Returns ms until pending records must be handed over, -1:
+ * none. */
+static int ingest_slots(struct nfc_capture *c, struct nfc_group *g, const size_t *len, int n)
 {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     pthread_mutex_lock(&c->mu);
     uint64_t before = c->pending;
-    handle_datagram(c, g, c->rbuf, (size_t)n, &now);
+    for (int i = 0; i < n; i++)
+        handle_datagram(c, g, c->rbuf + (size_t)i * c->rbuf_size, len[i], &now);
     int left = nfc_signal_pending(c, before, 0);
     pthread_mutex_unlock(&c->mu);
     return left;
+}
+
+int nfc_ingest(struct nfc_capture *c, struct nfc_group *g, ssize_t n)
+{
+    size_t len = (size_t)n;
+    return ingest_slots(c, g, &len, 1);
+}
+
+static uint64_t monotonic_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
+}
+
+/* The adaptive queue threshold (nfc_params.latency_budget_us): the threshold that fills a
+ * kernel batch within the budget at the rate of the last window, or the floor when the
+ * group went quiet. It changes only by a factor of two or more, so a steady rate sends no
+ * config messages, and at most once per window. */
+static void adapt_qthreshold(struct nfc_capture *c, struct nfc_group *g, uint64_t now_us,
+                             int quiet)
+{
+    uint64_t span = now_us - g->adapt_since_us;
+    if (!quiet && span < NFC_ADAPT_WINDOW_US)
+        return;
+    uint64_t want = quiet ? 0 : g->adapt_packets * c->latency_budget_us / span;
+    g->adapt_since_us = now_us;
+    g->adapt_packets = 0;
+    if (want < c->qthreshold_base)
+        want = c->qthreshold_base;
+    if (want > NFC_QTHRESH_ADAPT_MAX)
+        want = NFC_QTHRESH_ADAPT_MAX;
+    uint32_t q = g->st.qthreshold;
+    if (want < 2u * q && 2u * want > q)
+        return;
+    int e = nfc_send_qthreshold(g, (uint32_t)want);
+    pthread_mutex_lock(&c->mu);
+    if (e < 0) {
+        g->st.netlink_errors++;
+    } else {
+        g->st.qthreshold = (uint32_t)want;
+        if (want > g->st.qthreshold_peak)
+            g->st.qthreshold_peak = (uint32_t)want;
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* Whether some group's threshold is above its floor (the reader then wakes every window to
+ * notice a quiet group). */
+static int qthreshold_raised(const struct nfc_capture *c)
+{
+    for (uint32_t i = 0; c->latency_budget_us && i < c->ngroups; i++)
+        if (c->g[i].st.qthreshold > c->qthreshold_base)
+            return 1;
+    return 0;
 }
 
 /* The hand-over deadline passed without a datagram: wake the consumer if it is due. */
@@ -101,6 +189,16 @@ static void *reader_main(void *arg)
     for (uint32_t i = 0; i < c->ngroups; i++)
         pfd[i] = (struct pollfd){.fd = c->g[i].fd, .events = POLLIN};
     pfd[c->ngroups] = (struct pollfd){.fd = c->stop_fd, .events = POLLIN};
+    struct iovec iov[NFC_RECV_SLOTS_MAX];
+    struct mmsghdr m[NFC_RECV_SLOTS_MAX];
+    size_t len[NFC_RECV_SLOTS_MAX];
+    memset(m, 0, sizeof(m));
+    for (uint32_t i = 0; i < c->nslots; i++) {
+        iov[i] = (struct iovec){.iov_base = c->rbuf + (size_t)i * c->rbuf_size,
+                                .iov_len = c->rbuf_size};
+        m[i].msg_hdr.msg_iov = &iov[i];
+        m[i].msg_hdr.msg_iovlen = 1;
+    }
 
     int handover_left = -1; /* ms until pending records must be handed over, -1: none */
     while (!c->stopping) {
@@ -108,8 +206,10 @@ static void *reader_main(void *arg)
             poll(&pfd[c->ngroups], 1, 10);
             continue;
         }
-        int r = poll(pfd, c->ngroups + 1,
-                     handover_left >= 0 && handover_left < 100 ? handover_left : 100);
+        int wait_ms = handover_left >= 0 && handover_left < 100 ? handover_left : 100;
+        if (qthreshold_raised(c) && wait_ms > NFC_ADAPT_WINDOW_US / 1000)
+            wait_ms = NFC_ADAPT_WINDOW_US / 1000;
+        int r = poll(pfd, c->ngroups + 1, wait_ms);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -119,17 +219,29 @@ static void *reader_main(void *arg)
             break;
         if (r == 0) {
             handover_left = handover_due(c);
+            for (uint32_t i = 0; i < c->ngroups; i++)
+                if (c->g[i].st.qthreshold > c->qthreshold_base)
+                    adapt_qthreshold(c, &c->g[i], monotonic_us(), 1);
             continue;
         }
         for (uint32_t i = 0; i < c->ngroups; i++) {
             if (!(pfd[i].revents & (POLLIN | POLLERR)))
                 continue;
-            /* Drain a bounded number of datagrams per group so groups share fairly. */
-            for (int k = 0; k < 64; k++) {
-                ssize_t n = nfc_recv_datagram(c, &c->g[i], MSG_DONTWAIT);
+            /* Drain a bounded number of datagrams per group so groups share fairly; fewer
+             * than the slots means the queue is empty. */
+            struct nfc_group *g = &c->g[i];
+            uint64_t received = g->st.received_packets; /* written by this thread only */
+            for (int k = 0; k < 8; k++) {
+                int n = recv_datagrams(c, g, m, len);
                 if (n <= 0)
                     break;
-                handover_left = nfc_ingest(c, &c->g[i], n);
+                handover_left = ingest_slots(c, g, len, n);
+                if ((uint32_t)n < c->nslots)
+                    break;
+            }
+            if (c->latency_budget_us) {
+                g->adapt_packets += g->st.received_packets - received;
+                adapt_qthreshold(c, g, monotonic_us(), 0);
             }
         }
     }

@@ -95,6 +95,21 @@ static int config_group(struct nfc_capture *c, struct nfc_group *g, const struct
     return -ETIMEDOUT;
 }
 
+/* Change a bound group's queue threshold. No ACK is asked: a failure comes back as an
+ * NLMSG_ERROR the reader counts in netlink_errors. */
+int nfc_send_qthreshold(struct nfc_group *g, uint32_t qthreshold)
+{
+    char buf[256];
+    memset(buf, 0, sizeof(buf));
+    struct nlmsghdr *nlh = nflog_nlmsg_put_header(buf, NFULNL_MSG_CONFIG, AF_UNSPEC, g->group);
+    nlh->nlmsg_seq = QTHRESH_SEQ;
+    mnl_attr_put_u32(nlh, NFULA_CFG_QTHRESH, htonl(qthreshold));
+    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+    if (sendto(g->fd, nlh, nlh->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0)
+        return -errno;
+    return 0;
+}
+
 static int open_socket(struct nfc_group *g, const struct nfc_params *p)
 {
     int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
@@ -176,7 +191,10 @@ static int alloc_capture(struct nfc_capture *c, const uint16_t *groups, uint32_t
         c->g[i].group = groups[i];
         c->g[i].st.group = groups[i];
         c->g[i].st.nlbufsiz = nlbufsiz;
+        c->g[i].st.qthreshold = c->g[i].st.qthreshold_peak = params->qthreshold;
     }
+    c->latency_budget_us = params->latency_budget_us;
+    c->qthreshold_base = params->qthreshold;
     c->ngroups = ngroups;
     c->fork_gen = nfc_fork_generation;
     c->filter = params->filter;
@@ -190,7 +208,12 @@ static int alloc_capture(struct nfc_capture *c, const uint16_t *groups, uint32_t
     c->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->rbuf_size = NFC_RECV_BUFFER(nlbufsiz);
-    c->rbuf = malloc(c->rbuf_size);
+    c->nslots = (uint32_t)(NFC_RECV_SLOTS_BYTES / c->rbuf_size);
+    if (c->nslots < 1)
+        c->nslots = 1;
+    if (c->nslots > NFC_RECV_SLOTS_MAX)
+        c->nslots = NFC_RECV_SLOTS_MAX;
+    c->rbuf = malloc(c->rbuf_size * c->nslots);
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->flushed_cv, NULL);
     /* The ring is the consumer's memfd, mapped writable only here: Python maps it
@@ -217,7 +240,10 @@ int nfc_open(struct nfc_capture **out, const uint16_t *groups, uint32_t ngroups,
     *failed_group = -1;
     *failed_op = "validate";
     if (ngroups == 0 || ngroups > NFC_MAX_GROUPS || ring_fd < 0 || ring_size < 4096 ||
-        params->handover_ms > NFC_HANDOVER_MS_MAX)
+        params->handover_ms > NFC_HANDOVER_MS_MAX ||
+        params->latency_budget_us > NFC_LATENCY_BUDGET_US_MAX ||
+        (params->latency_budget_us && (params->timeout_cs != 0 || params->qthreshold < 1 ||
+                                       params->qthreshold > NFC_QTHRESH_ADAPT_MAX)))
         return -EINVAL;
     pthread_once(&atfork_once, register_atfork);
     struct nfc_capture *c = calloc(1, sizeof(*c));
