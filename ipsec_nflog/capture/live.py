@@ -11,7 +11,6 @@ import errno
 import mmap
 import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -24,12 +23,12 @@ from ipsec_nflog.capture.errmap import raise_for_errno
 from ipsec_nflog.capture.filter import Filter
 from ipsec_nflog.capture.select import hook_mask
 from ipsec_nflog.capture.stats import CaptureStats, GroupStats
+from ipsec_nflog.nflog.codec import INDEX_ROW
 from ipsec_nflog.nflog.packet import IfnameResolver, Packet
 from ipsec_nflog.system.netns import interface_index, open_netns, run_in_netns
 
 __all__ = ["Batch", "Capture"]
 
-_INDEX_ROW = struct.Struct("=5I22H")  # struct nfc_index
 NFULNL_CFG_F_SEQ = 0x0001
 NFULNL_CFG_F_SEQ_GLOBAL = 0x0002
 _WAIT_SLICE_MS = 250  # bounded waits keep close() from another thread prompt
@@ -296,7 +295,7 @@ class Capture:
         data = view.tobytes()
         if release is not None:
             release.release()
-        rows = _INDEX_ROW.iter_unpack(ffi.buffer(index, n * _INDEX_ROW.size))
+        rows = ffi.buffer(index, n * INDEX_ROW.size)[:]  # the packets keep it for cold fields
         yield from Packet._from_index(data, rows, self._ifname)
 
     def drain_batches(self, max_packets: int | None = None) -> Iterator[Batch]:

@@ -30,7 +30,10 @@ __all__ = [
     "ATTR_NAMES",
     "HOST",
     "INDEX_HEADER_WORDS",
+    "INDEX_HOT_ROW",
     "INDEX_MALFORMED",
+    "INDEX_NO_HOOK",
+    "INDEX_ROW",
     "INDEX_SLOTS",
     "INDEX_UNKNOWN",
     "NFGENMSG_LEN",
@@ -96,6 +99,12 @@ INDEX_HEADER_WORDS = 5
 INDEX_SLOTS = 22
 INDEX_UNKNOWN = 1  # an attribute type without a slot
 INDEX_MALFORMED = 2  # C could not index the record: Python walks it (walk_tlvs)
+INDEX_NO_HOOK = 0xFFFF  # the row's hook when there is no packet header
+# The whole row, and the part the per-packet iterator unpacks for every packet: (body_off,
+# caplen, ts_sec, ts_usec, orig_len, flags, payload offset, prefix offset, payload length,
+# prefix length up to its NUL, hook); the other slots are skipped.
+INDEX_ROW = struct.Struct(f"=5I{INDEX_SLOTS}H4H")
+INDEX_HOT_ROW = struct.Struct("=5IH16xHH22xHHH2x")
 
 RECORD_HEADER = struct.Struct("=IIII")
 """ts_sec, ts_usec, caplen, orig_len of a ring record (host order)."""

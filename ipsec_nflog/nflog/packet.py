@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar, overload
 
 from ipsec_nflog.nflog.codec import (
     ATTR_NAMES,
     HOST,
     INDEX_HEADER_WORDS,
+    INDEX_HOT_ROW,
     INDEX_MALFORMED,
+    INDEX_NO_HOOK,
+    INDEX_ROW,
     INDEX_SLOTS,
     INDEX_UNKNOWN,
     NFULA,
@@ -217,23 +220,43 @@ class Packet(PacketBase):
         self._ifname = ifname_resolver or _default_ifname
         self._ip: Any = None
 
-    @classmethod
-    def _from_index(cls, run: bytes, rows: Iterable[Sequence[int]],
-                    ifname_resolver: IfnameResolver | None) -> Iterator[Packet]:
-        """The live packets of a run of ring records whose attribute offsets the C core
-        already found: each row is a ``struct nfc_index`` as a tuple (body_off, caplen,
-        ts_sec, ts_usec, orig_len, flags, then one offset per attribute type). The loop of
-        the per-packet iterator: one object and seven stores per packet."""
-        new, resolver = cls.__new__, ifname_resolver or _default_ifname
-        for row in rows:
-            p = new(cls)
-            start = row[0]
-            p.raw = run[start : start + row[1]]
-            p.ts_sec, p.ts_usec, p.orig_len = row[2], row[3], row[4]
-            p._index = None if row[_OFF_FLAGS] & INDEX_MALFORMED else row
-            p._le = _HOST_LE
-            p._ifname = resolver
-            p._ip = None
+    @staticmethod
+    def _from_index(run: bytes, index: bytes, ifname_resolver: IfnameResolver | None
+                    ) -> Iterator[Packet]:
+        """The live packets of a run of ring records whose attributes the C core already
+        found: ``index`` holds one ``struct nfc_index`` per record (codec.INDEX_ROW). The loop
+        of the per-packet iterator: one object per packet, with payload, prefix and hook
+        already in place (a record C could not index gets the lazy, validating parser)."""
+        live, lazy = LivePacket.__new__, Packet.__new__
+        resolver = ifname_resolver or _default_ifname
+        prefixes, no_hook = _PREFIXES, INDEX_NO_HOOK
+        i = -1
+        for start, caplen, sec, usec, olen, flags, poff, xoff, plen, xlen, hook in (
+                INDEX_HOT_ROW.iter_unpack(index)):
+            i += 1
+            raw = run[start : start + caplen]
+            if flags & INDEX_MALFORMED:
+                q = lazy(Packet)
+                q.raw, q.ts_sec, q.ts_usec, q.orig_len = raw, sec, usec, olen
+                q._index, q._le, q._ifname, q._ip = None, _HOST_LE, resolver, None
+                yield q
+                continue
+            p = live(LivePacket)
+            p.raw, p.ts_sec, p.ts_usec, p.orig_len = raw, sec, usec, olen
+            p._index, p._rows, p._row = None, index, i
+            p._le, p._ifname, p._ip = _HOST_LE, resolver, None
+            p.payload = raw[poff : poff + plen] if poff else None
+            if xoff:
+                name = raw[xoff : xoff + xlen]
+                text = prefixes.get(name)
+                if text is None:
+                    if len(prefixes) >= _PREFIXES_MAX:
+                        prefixes.clear()
+                    text = prefixes[name] = name.decode("utf-8", "replace")
+                p.prefix = text
+            else:
+                p.prefix = None
+            p.hook = None if hook == no_hook else hook
             yield p
 
     # -- header ----------------------------------------------------------------------
@@ -254,13 +277,17 @@ class Packet(PacketBase):
     def _order(self) -> str:
         return "<" if self._le else ">"
 
-    def _offset(self, t: int) -> int:
-        """Where attribute ``t``'s value starts in ``raw`` (0: absent); indexes ``raw``
+    def _full_index(self) -> Sequence[int]:
+        """Value offsets by attribute type (codec.INDEX_ROW's shape); indexes ``raw``
         (validating every TLV) on first use."""
         index = self._index
         if index is None:
             index = self._index = _build_index(self.raw, self._order)
-        return index[INDEX_HEADER_WORDS + t]
+        return index
+
+    def _offset(self, t: int) -> int:
+        """Where attribute ``t``'s value starts in ``raw`` (0: absent)."""
+        return self._full_index()[INDEX_HEADER_WORDS + t]
 
     def _length(self, off: int) -> int:
         """nla_len of the attribute whose value starts at ``off`` (header included)."""
@@ -363,8 +390,7 @@ class Packet(PacketBase):
     @property
     def unknown(self) -> dict[int, bytes]:
         """Attributes this parser does not know, kept by type."""
-        index = self._index
-        if index is not None and not index[INDEX_HEADER_WORDS] & INDEX_UNKNOWN:
+        if not self._full_index()[INDEX_HEADER_WORDS] & INDEX_UNKNOWN:
             return {}
         return {t: bytes(v) for t, v in self.attrs.items() if t not in ATTR_NAMES}
 
@@ -374,6 +400,29 @@ class Packet(PacketBase):
             f"<Packet group={self.group} hook={self.hook_name} prefix={self.prefix!r} "
             f"indev={self.indev} outdev={self.outdev} payload={plen}B>"
         )
+
+
+class LivePacket(Packet):
+    """A captured packet whose record the C core indexed: payload, prefix and hook were
+    taken from the index when it was made (plain attributes, no decoding on access); the
+    other fields read the index row on first use."""
+
+    __slots__ = ("_row", "_rows", "hook", "payload", "prefix")
+    _rows: bytes  # the batch's index rows (codec.INDEX_ROW each), shared
+    _row: int  # this packet's
+    payload: bytes | None
+    prefix: str | None
+    hook: int | None
+
+    def _full_index(self) -> Sequence[int]:
+        index = self._index
+        if index is None:
+            index = self._index = INDEX_ROW.unpack_from(self._rows, self._row * INDEX_ROW.size)
+        return index
+
+
+_PREFIXES: dict[bytes, str] = {}  # decoded NFLOG prefixes: a capture has only a few
+_PREFIXES_MAX = 1024
 
 
 def _build_index(raw: Buffer, order: str) -> list[int]:

@@ -18,7 +18,10 @@ from ipsec_nflog.nflog import packet as packet_module
 from ipsec_nflog.nflog.codec import (
     HOST,
     INDEX_HEADER_WORDS,
+    INDEX_HOT_ROW,
     INDEX_MALFORMED,
+    INDEX_NO_HOOK,
+    INDEX_ROW,
     INDEX_SLOTS,
     INDEX_UNKNOWN,
     NFULA,
@@ -190,12 +193,15 @@ def mutate(rec: bytes, rng: random.Random) -> bytes:
     return RECORD_HEADER.pack(sec, usec, len(body), orig_len) + bytes(body)
 
 
-def c_index(ring: bytes, count: int) -> list[tuple[int, ...]]:
+def c_index(ring: bytes, count: int) -> list[tuple[tuple[int, ...], bytes]]:
+    """Each record's C index row, as fields and as the bytes the iterator reads."""
     from ipsec_nflog.capture._native import ffi, lib
 
     rows = ffi.new("struct nfc_index[]", count)
     n = lib.nfc_index_records(ffi.from_buffer(ring), len(ring), count, rows)
-    return [(r.body_off, r.caplen, r.ts_sec, r.ts_usec, r.orig_len, *r.attr) for r in rows[0:n]]
+    size = INDEX_ROW.size
+    return [((r.body_off, r.caplen, r.ts_sec, r.ts_usec, r.orig_len, *r.attr), bytes(
+        ffi.buffer(rows + i, size))) for i, r in enumerate(rows[0:n])]
 
 
 def outcome(p: Packet) -> object:
@@ -212,7 +218,8 @@ def assert_agree(recs: list[bytes]) -> int:
     records = list(walk_records(ring))
     assert len(rows) == len(records) == len(recs)
     malformed = 0
-    for row, (sec, usec, caplen, orig_len, body) in zip(rows, records, strict=True):
+    for (row, row_bytes), (sec, usec, caplen, orig_len, body) in zip(rows, records,
+                                                                        strict=True):
         assert row[:INDEX_HEADER_WORDS] == (body, caplen, sec, usec, orig_len)
         raw = ring[body : body + caplen]
         flags = row[INDEX_HEADER_WORDS]
@@ -231,7 +238,7 @@ def assert_agree(recs: list[bytes]) -> int:
             assert python is not None, raw.hex()
             assert tuple(python) == (0,) * INDEX_HEADER_WORDS + row[INDEX_HEADER_WORDS:], raw.hex()
         # what a user sees: the live (C-indexed) packet and the file (pure) packet are alike
-        live = next(Packet._from_index(ring, [row], None))
+        live = next(Packet._from_index(ring, row_bytes, None))
         assert live.raw == raw
         pure = Packet(raw, sec, usec, orig_len, HOST, None)
         assert outcome(live) == outcome(pure), raw.hex()
@@ -248,7 +255,14 @@ def test_index_layout_matches_the_c_header() -> None:
 
     assert (lib.NFC_IDX_SLOTS, lib.NFC_IDX_UNKNOWN, lib.NFC_IDX_MALFORMED) == (
         INDEX_SLOTS, INDEX_UNKNOWN, INDEX_MALFORMED)
-    assert ffi.sizeof("struct nfc_index") == 4 * INDEX_HEADER_WORDS + 2 * INDEX_SLOTS
+    assert ffi.sizeof("struct nfc_index") == INDEX_ROW.size == 4 * INDEX_HEADER_WORDS + 2 * (
+        INDEX_SLOTS + 4)
+    assert lib.NFC_IDX_NO_HOOK == INDEX_NO_HOOK
+    # the iterator's part of a row: the payload and prefix slots, then the ready values
+    hot = INDEX_ROW.unpack(bytes(range(INDEX_ROW.size)))
+    h = INDEX_HEADER_WORDS
+    assert INDEX_HOT_ROW.unpack(bytes(range(INDEX_ROW.size))) == (
+        *hot[:h + 1], hot[h + NFULA.PAYLOAD], hot[h + NFULA.PREFIX], *hot[h + INDEX_SLOTS:][:3])
     assert len(ffi.new("struct nfc_index *").attr) == INDEX_SLOTS
 
 
@@ -258,7 +272,7 @@ def test_c_and_python_index_agree_on_kernel_fixtures() -> None:
     recs = fixture_records()
     assert len(recs) >= 7
     assert assert_agree(recs) == 0
-    unknown = [r for r in c_index(b"".join(recs), len(recs))
+    unknown = [r for r, _ in c_index(b"".join(recs), len(recs))
                if r[INDEX_HEADER_WORDS] & INDEX_UNKNOWN]
     assert len(unknown) == 1  # nflog_unknown_attr.rec
 

@@ -139,7 +139,9 @@ void nfc_close(struct nfc_capture *c);
 
 /* Per-record index for the Python per-packet path, so Python never walks TLVs itself:
  * attr[t] is the offset of attribute t's value within the body (0: absent); attr[0]
- * holds NFC_IDX_* flags that send Python to its full parser. 64 bytes, no padding. */
+ * holds NFC_IDX_* flags that send Python to its full parser. Then what nearly every
+ * consumer reads, ready to use: the payload's length, the prefix's up to its NUL, and the
+ * hook (NFC_IDX_NO_HOOK: no packet header). 72 bytes, no padding. */
 #define NFC_IDX_SLOTS 22
 #define NFC_IDX_UNKNOWN 1u   /* an attribute type the index has no slot for */
 #define NFC_IDX_MALFORMED 2u /* bad TLV lengths or an offset beyond 65535 */
@@ -150,7 +152,12 @@ struct nfc_index {
     uint32_t ts_usec;
     uint32_t orig_len;
     uint16_t attr[NFC_IDX_SLOTS];
+    uint16_t payload_len;
+    uint16_t prefix_len;
+    uint16_t hook;
+    uint16_t reserved;
 };
+#define NFC_IDX_NO_HOOK 0xffffu
 /* Index count records from buf (host-order pcap records); returns how many it indexed. */
 int nfc_index_records(const char *buf, uint64_t nbytes, uint32_t count, struct nfc_index *out);
 

@@ -142,6 +142,8 @@ int nfc_index_records(const char *buf, uint64_t nbytes, uint32_t count, struct n
         if (off + REC_HDR + hdr[2] > nbytes)
             break;
         memset(x->attr, 0, sizeof(x->attr));
+        x->payload_len = x->prefix_len = x->reserved = 0;
+        x->hook = NFC_IDX_NO_HOOK;
         x->body_off = (uint32_t)(off + REC_HDR);
         x->ts_sec = hdr[0];
         x->ts_usec = hdr[1];
@@ -155,10 +157,21 @@ int nfc_index_records(const char *buf, uint64_t nbytes, uint32_t count, struct n
             if (a_off + NLA_HDRLEN > 0xffff) /* the index holds 16-bit offsets */
                 break;
             uint16_t type = a->nla_type & NLA_TYPE_MASK;
+            uint16_t vlen = (uint16_t)(a->nla_len - NLA_HDRLEN);
+            const unsigned char *v = (const unsigned char *)a + NLA_HDRLEN;
             if (type > 0 && type < NFC_IDX_SLOTS)
                 x->attr[type] = (uint16_t)(a_off + NLA_HDRLEN);
             else
                 x->attr[0] |= NFC_IDX_UNKNOWN;
+            /* a repeated attribute: the last one counts, as for attr[] */
+            if (type == NFULA_PAYLOAD) {
+                x->payload_len = vlen;
+            } else if (type == NFULA_PREFIX) {
+                const unsigned char *nul = memchr(v, 0, vlen);
+                x->prefix_len = (uint16_t)(nul ? (size_t)(nul - v) : vlen);
+            } else if (type == NFULA_PACKET_HDR) {
+                x->hook = vlen >= 3 ? v[2] : NFC_IDX_NO_HOOK;
+            }
         }
         if (a_off < len) /* a bad TLV, trailing bytes or an offset past 65535 */
             x->attr[0] |= NFC_IDX_MALFORMED;
