@@ -95,8 +95,14 @@ def make_ring(
     return batches, pairs
 
 
-def time_ours(fmt: str, batches: list[tuple[memoryview, int]], path: str) -> float:
+def time_ours(fmt: str, batches: list[tuple[memoryview, int]], path: str,
+              native: bool = False) -> float:
+    """``native``: frame in C (``NativeFraming``, what ``ipsec-nflog capture`` uses)."""
     w = open_writer(path, fmt, overwrite=True, flush_interval=None)
+    if native:
+        from ipsec_nflog.capture.framing import NativeFraming
+
+        w.use_framing(NativeFraming())
     write = w.write_records
     t0 = time.perf_counter()
     for buf, count in batches:
@@ -145,6 +151,14 @@ def main() -> None:
         (
             "ipsec_nflog RawWriter.write_records (per batch)",
             lambda b, p, path: time_ours("raw", b, path),
+        ),
+        (
+            "ipsec_nflog PcapngWriter.write_records, C framing (the CLI's)",
+            lambda b, p, path: time_ours("pcapng", b, path, native=True),
+        ),
+        (
+            "ipsec_nflog RawWriter.write_records, C framing (the CLI's)",
+            lambda b, p, path: time_ours("raw", b, path, native=True),
         ),
         ("dpkt.pcap.Writer.writepkt (per packet)", lambda b, p, path: time_dpkt("pcap", p, path)),
         (

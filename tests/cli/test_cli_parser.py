@@ -16,8 +16,13 @@ from pathlib import Path
 import pytest
 
 from ipsec_nflog import rules
-from ipsec_nflog.capture.config import CaptureConfig
-from ipsec_nflog.cli.capture import FILE_RING_SIZE, capture_config, cmd_capture
+from ipsec_nflog.capture.config import LOW_LATENCY_BUDGET, CaptureConfig
+from ipsec_nflog.cli.capture import (
+    FILE_HANDOVER_DELAY,
+    FILE_RING_SIZE,
+    capture_config,
+    cmd_capture,
+)
 from ipsec_nflog.cli.demo import cmd_demo
 from ipsec_nflog.cli.main import main
 from ipsec_nflog.cli.parser import build_parser
@@ -127,6 +132,17 @@ def test_low_latency_config_keeps_explicit_values() -> None:
     assert (cfg.qthreshold, cfg.flush_timeout) == (1, 0.0)
     cfg = capture_config(parse("capture", "-g", "5", "--low-latency", "--qthreshold", "4"))
     assert (cfg.qthreshold, cfg.flush_timeout) == (4, 0.0)
+    assert cfg.latency_budget == LOW_LATENCY_BUDGET  # 4 is the floor it adapts from
+    cfg = capture_config(parse("capture", "-g", "5", "--low-latency", "--flush-timeout", "0.5"))
+    assert (cfg.flush_timeout, cfg.latency_budget) == (0.5, 0)  # a held batch: fixed
+
+
+def test_low_latency_to_a_file_batches_the_hand_over_unless_packet_buffered() -> None:
+    # its timestamps are taken when the reader receives: the writer may wake less often
+    cfg = capture_config(parse("capture", "-g", "5", "--low-latency", "-w", "x.pcap"))
+    assert (cfg.qthreshold, cfg.handover_delay) == (1, FILE_HANDOVER_DELAY)
+    cfg = capture_config(parse("capture", "-g", "5", "--low-latency", "-U", "-w", "x.pcap"))
+    assert cfg.handover_delay == 0
 
 
 def test_rule_options_parse_into_the_preset_options() -> None:
