@@ -90,6 +90,7 @@ struct nfc_capture {
     pthread_t thread;
     int thread_running;
     volatile int stopping;
+    int flushing; /* nfc_flush sent the UNBINDs (mu): no more qthreshold changes */
     volatile int paused; /* tests: stall the reader so the kernel side overruns */
 };
 

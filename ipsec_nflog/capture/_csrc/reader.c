@@ -151,8 +151,12 @@ static void adapt_qthreshold(struct nfc_capture *c, struct nfc_group *g, uint64_
     uint32_t q = g->st.qthreshold;
     if (want < 2u * q && 2u * want > q)
         return;
-    int e = nfc_send_qthreshold(g, (uint32_t)want);
     pthread_mutex_lock(&c->mu);
+    if (c->flushing) {
+        pthread_mutex_unlock(&c->mu);
+        return;
+    }
+    int e = nfc_send_qthreshold(g, (uint32_t)want);
     if (e < 0) {
         g->st.netlink_errors++;
     } else {

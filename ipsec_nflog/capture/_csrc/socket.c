@@ -290,8 +290,13 @@ int nfc_flush(struct nfc_capture *c)
     if (FOREIGN(c))
         return -ECHILD;
     /* Unbinding makes the kernel flush the group's queued batch to our socket at once
-     * (before its ACK), so the tail of a capture needs no flush-timeout wait. */
-    for (uint32_t i = 0; i < c->ngroups; i++) {
+     * (before its ACK), so the tail of a capture needs no flush-timeout wait. Under mu: a
+     * qthreshold change of the reader must not reach the kernel after the unbind (it would
+     * fail there: no such instance). */
+    pthread_mutex_lock(&c->mu);
+    c->flushing = 1;
+    int err = 0;
+    for (uint32_t i = 0; i < c->ngroups && !err; i++) {
         char buf[256];
         memset(buf, 0, sizeof(buf));
         struct nlmsghdr *nlh =
@@ -302,9 +307,10 @@ int nfc_flush(struct nfc_capture *c)
         struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
         if (sendto(c->g[i].fd, nlh, nlh->nlmsg_len, 0, (struct sockaddr *)&kernel,
                    sizeof(kernel)) < 0)
-            return -errno;
+            err = -errno;
     }
-    return 0;
+    pthread_mutex_unlock(&c->mu);
+    return err;
 }
 
 void nfc_close(struct nfc_capture *c)
