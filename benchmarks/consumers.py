@@ -40,6 +40,7 @@ import signal
 import struct
 import sys
 import time
+from functools import partial
 from typing import Any
 
 LINKTYPE_NFLOG = 239
@@ -148,7 +149,31 @@ def run_iter(cap: Any, out: RawPcap, stopper: Stopper, write_records: bool = Tru
     return packets, payload_bytes
 
 
-def run_pcapy(group: int, path: str, stopper: Stopper) -> int:
+_TLV = struct.Struct("=HH")  # LINKTYPE_NFLOG TLVs: length and type in host byte order
+NFULA_PACKET_HDR, NFULA_PAYLOAD, NFULA_PREFIX = 1, 9, 10
+
+
+def nflog_fields(data: bytes) -> tuple[bytes | None, str | None, int | None]:
+    """(payload, prefix, hook) of a LINKTYPE_NFLOG packet: the TLV walk a pcapy user needs
+    to get what the iterator hands out."""
+    payload = prefix = hook = None
+    off, n = 4, len(data)  # after the 4-byte NFLOG header (family, version, group)
+    while off + 4 <= n:
+        length, typ = _TLV.unpack_from(data, off)
+        if length < 4:
+            break
+        if typ == NFULA_PAYLOAD:
+            payload = data[off + 4:off + length]
+        elif typ == NFULA_PREFIX:
+            prefix = data[off + 4:off + length].rstrip(b"\0").decode("utf-8", "replace")
+        elif typ == NFULA_PACKET_HDR:
+            hook = data[off + 6]
+        off += (length + 3) & ~3
+    return payload, prefix, hook
+
+
+def run_pcapy(group: int, path: str, stopper: Stopper, parse: bool = False) -> int:
+    """pcapy-ng's dumper; ``parse``: each packet's payload, prefix and hook found first."""
     import pcapy  # pcapy-ng
 
     p = pcapy.open_live(f"nflog:{group}", 262144, False, 100)
@@ -157,46 +182,8 @@ def run_pcapy(group: int, path: str, stopper: Stopper) -> int:
 
     def on_packet(header: Any, data: bytes) -> None:
         nonlocal packets
-        dumper.dump(header, data)
-        packets += 1
-
-    while not stopper.stop:
-        p.dispatch(-1, on_packet)
-    dumper.close()
-    return packets
-
-
-_TLV = struct.Struct("=HH")  # LINKTYPE_NFLOG TLVs: length and type in host byte order
-NFULA_PACKET_HDR, NFULA_PAYLOAD, NFULA_PREFIX = 1, 9, 10
-
-
-def run_pcapy_parse(group: int, path: str, stopper: Stopper) -> int:
-    """pcapy-ng plus the TLV walk a user needs for payload, prefix and hook."""
-    import pcapy  # pcapy-ng
-
-    p = pcapy.open_live(f"nflog:{group}", 262144, False, 100)
-    dumper = p.dump_open(path)
-    packets = payload_bytes = 0
-    tlv = _TLV.unpack_from
-
-    def on_packet(header: Any, data: bytes) -> None:
-        nonlocal packets, payload_bytes
-        payload = prefix = hook = None
-        off, n = 4, len(data)  # after the 4-byte NFLOG header (family, version, group)
-        while off + 4 <= n:
-            length, typ = tlv(data, off)
-            if length < 4:
-                break
-            if typ == NFULA_PAYLOAD:
-                payload = data[off + 4:off + length]
-            elif typ == NFULA_PREFIX:
-                prefix = data[off + 4:off + length].rstrip(b"\0").decode("utf-8", "replace")
-            elif typ == NFULA_PACKET_HDR:
-                hook = data[off + 6]
-            off += (length + 3) & ~3
-        if payload is not None:
-            payload_bytes += len(payload)
-        _ = prefix, hook  # found, like the iterator's
+        if parse:
+            nflog_fields(data)
         dumper.dump(header, data)
         packets += 1
 
@@ -261,8 +248,8 @@ def run_nflogr(group: int, path: str, stopper: Stopper) -> int:
     return packets
 
 
-PEERS = {"pcapy": run_pcapy, "pcapy-parse": run_pcapy_parse, "scapy": run_scapy,
-         "nflogr": run_nflogr}
+PEERS = {"pcapy": run_pcapy, "pcapy-parse": partial(run_pcapy, parse=True),
+         "scapy": run_scapy, "nflogr": run_nflogr}
 
 
 def main(argv: list[str] | None = None) -> int:

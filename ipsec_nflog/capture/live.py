@@ -24,6 +24,7 @@ from ipsec_nflog.capture.filter import Filter
 from ipsec_nflog.capture.select import hook_mask
 from ipsec_nflog.capture.stats import CaptureStats, GroupStats
 from ipsec_nflog.nflog.codec import INDEX_ROW
+from ipsec_nflog.nflog.live_packet import packets_from_index
 from ipsec_nflog.nflog.packet import IfnameResolver, Packet
 from ipsec_nflog.system.netns import interface_index, open_netns, run_in_netns
 
@@ -296,7 +297,7 @@ class Capture:
         if release is not None:
             release.release()
         rows = ffi.buffer(index, n * INDEX_ROW.size)[:]  # the packets keep it for cold fields
-        yield from Packet._from_index(data, rows, self._ifname)
+        yield from packets_from_index(data, rows, self._ifname)
 
     def drain_batches(self, max_packets: int | None = None) -> Iterator[Batch]:
         """The records still in the ring, batch by batch without waiting, at most

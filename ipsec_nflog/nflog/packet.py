@@ -18,10 +18,6 @@ from ipsec_nflog.nflog.codec import (
     ATTR_NAMES,
     HOST,
     INDEX_HEADER_WORDS,
-    INDEX_HOT_ROW,
-    INDEX_MALFORMED,
-    INDEX_NO_HOOK,
-    INDEX_ROW,
     INDEX_SLOTS,
     INDEX_UNKNOWN,
     NFULA,
@@ -140,15 +136,13 @@ def _hwaddr(v: bytes) -> bytes | None:
     return bytes(v[4 : 4 + n])
 
 
-def _default_ifname(index: int) -> str | None:
+def default_ifname(index: int) -> str | None:
     try:
         return socket.if_indextoname(index)
     except OSError:
         return None
 
 
-_HOST_LE = HOST == "<"
-_OFF_FLAGS = INDEX_HEADER_WORDS
 _OFF_PACKET_HDR = INDEX_HEADER_WORDS + NFULA.PACKET_HDR
 _OFF_PAYLOAD = INDEX_HEADER_WORDS + NFULA.PAYLOAD
 _OFF_PREFIX = INDEX_HEADER_WORDS + NFULA.PREFIX
@@ -217,47 +211,8 @@ class Packet(PacketBase):
         self.orig_len = len(raw) if orig_len is None else orig_len
         self._index: Sequence[int] | None = None
         self._le = byteorder == "<"
-        self._ifname = ifname_resolver or _default_ifname
+        self._ifname = ifname_resolver or default_ifname
         self._ip: Any = None
-
-    @staticmethod
-    def _from_index(run: bytes, index: bytes, ifname_resolver: IfnameResolver | None
-                    ) -> Iterator[Packet]:
-        """The live packets of a run of ring records whose attributes the C core already
-        found: ``index`` holds one ``struct nfc_index`` per record (codec.INDEX_ROW). The loop
-        of the per-packet iterator: one object per packet, with payload, prefix and hook
-        already in place (a record C could not index gets the lazy, validating parser)."""
-        live, lazy = LivePacket.__new__, Packet.__new__
-        resolver = ifname_resolver or _default_ifname
-        prefixes, no_hook = _PREFIXES, INDEX_NO_HOOK
-        i = -1
-        for start, caplen, sec, usec, olen, flags, poff, xoff, plen, xlen, hook in (
-                INDEX_HOT_ROW.iter_unpack(index)):
-            i += 1
-            raw = run[start : start + caplen]
-            if flags & INDEX_MALFORMED:
-                q = lazy(Packet)
-                q.raw, q.ts_sec, q.ts_usec, q.orig_len = raw, sec, usec, olen
-                q._index, q._le, q._ifname, q._ip = None, _HOST_LE, resolver, None
-                yield q
-                continue
-            p = live(LivePacket)
-            p.raw, p.ts_sec, p.ts_usec, p.orig_len = raw, sec, usec, olen
-            p._index, p._rows, p._row = None, index, i
-            p._le, p._ifname, p._ip = _HOST_LE, resolver, None
-            p.payload = raw[poff : poff + plen] if poff else None
-            if xoff:
-                name = raw[xoff : xoff + xlen]
-                text = prefixes.get(name)
-                if text is None:
-                    if len(prefixes) >= _PREFIXES_MAX:
-                        prefixes.clear()
-                    text = prefixes[name] = name.decode("utf-8", "replace")
-                p.prefix = text
-            else:
-                p.prefix = None
-            p.hook = None if hook == no_hook else hook
-            yield p
 
     # -- header ----------------------------------------------------------------------
     @property
@@ -400,29 +355,6 @@ class Packet(PacketBase):
             f"<Packet group={self.group} hook={self.hook_name} prefix={self.prefix!r} "
             f"indev={self.indev} outdev={self.outdev} payload={plen}B>"
         )
-
-
-class LivePacket(Packet):
-    """A captured packet whose record the C core indexed: payload, prefix and hook were
-    taken from the index when it was made (plain attributes, no decoding on access); the
-    other fields read the index row on first use."""
-
-    __slots__ = ("_row", "_rows", "hook", "payload", "prefix")
-    _rows: bytes  # the batch's index rows (codec.INDEX_ROW each), shared
-    _row: int  # this packet's
-    payload: bytes | None
-    prefix: str | None
-    hook: int | None
-
-    def _full_index(self) -> Sequence[int]:
-        index = self._index
-        if index is None:
-            index = self._index = INDEX_ROW.unpack_from(self._rows, self._row * INDEX_ROW.size)
-        return index
-
-
-_PREFIXES: dict[bytes, str] = {}  # decoded NFLOG prefixes: a capture has only a few
-_PREFIXES_MAX = 1024
 
 
 def _build_index(raw: Buffer, order: str) -> list[int]:

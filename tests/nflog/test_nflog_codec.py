@@ -34,6 +34,7 @@ from ipsec_nflog.nflog.codec import (
     walk_records,
     walk_tlvs,
 )
+from ipsec_nflog.nflog.live_packet import packets_from_index
 from ipsec_nflog.nflog.packet import Packet
 
 FIXTURE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
@@ -238,7 +239,7 @@ def assert_agree(recs: list[bytes]) -> int:
             assert python is not None, raw.hex()
             assert tuple(python) == (0,) * INDEX_HEADER_WORDS + row[INDEX_HEADER_WORDS:], raw.hex()
         # what a user sees: the live (C-indexed) packet and the file (pure) packet are alike
-        live = next(Packet._from_index(ring, row_bytes, None))
+        live = next(packets_from_index(ring, row_bytes, None))
         assert live.raw == raw
         pure = Packet(raw, sec, usec, orig_len, HOST, None)
         assert outcome(live) == outcome(pure), raw.hex()

@@ -158,7 +158,7 @@ uint64_t nfc_monotonic_ms(void);
  * storing its packets in the ring (returns nfc_signal_pending's); used by the
  * configuration step too. */
 int nfc_send_qthreshold(struct nfc_group *g, uint32_t qthreshold);
-ssize_t nfc_recv_datagram(struct nfc_capture *c, struct nfc_group *g, int flags);
+ssize_t nfc_recv_datagram(struct nfc_capture *c, struct nfc_group *g);
 int nfc_ingest(struct nfc_capture *c, struct nfc_group *g, ssize_t n);
 /* reader.c: stop and join the reader thread, if it runs. */
 void nfc_stop_reader(struct nfc_capture *c);

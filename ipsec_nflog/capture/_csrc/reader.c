@@ -61,32 +61,15 @@ static size_t count_datagram(struct nfc_capture *c, struct nfc_group *g, size_t 
     return r;
 }
 
-/* recv() one datagram from a group socket into slot 0; returns bytes, 0 when none is
- * waiting, or -errno. ENOBUFS is counted here and reported as "try again". */
-ssize_t nfc_recv_datagram(struct nfc_capture *c, struct nfc_group *g, int flags)
-{
-    for (;;) {
-        ssize_t r = recv(g->fd, c->rbuf, c->rbuf_size, MSG_TRUNC | flags);
-        if (r >= 0)
-            return (ssize_t)count_datagram(c, g, (size_t)r);
-        if (errno == EINTR)
-            continue;
-        if (errno == ENOBUFS) {
-            g->st.enobufs_events++;
-            continue;
-        }
-        return errno == EAGAIN ? 0 : -errno;
-    }
-}
-
 /* recvmmsg() what is waiting on a group socket, one datagram per slot, without blocking:
  * one syscall for a burst of small datagrams, and none spent on finding the queue empty.
- * Returns how many (their lengths in len[]), 0 when none is waiting, or -errno. */
+ * Returns how many (their lengths in len[]), 0 when none is waiting, or -errno. ENOBUFS
+ * is counted here and retried. */
 static int recv_datagrams(struct nfc_capture *c, struct nfc_group *g, struct mmsghdr *m,
-                          size_t *len)
+                          uint32_t nslots, size_t *len)
 {
     for (;;) {
-        int r = recvmmsg(g->fd, m, c->nslots, MSG_TRUNC | MSG_DONTWAIT, NULL);
+        int r = recvmmsg(g->fd, m, nslots, MSG_TRUNC | MSG_DONTWAIT, NULL);
         if (r >= 0) {
             for (int i = 0; i < r; i++)
                 len[i] = count_datagram(c, g, m[i].msg_len);
@@ -100,6 +83,17 @@ static int recv_datagrams(struct nfc_capture *c, struct nfc_group *g, struct mms
         }
         return errno == EAGAIN ? 0 : -errno;
     }
+}
+
+/* One datagram into slot 0 (binding reads its ACK this way); returns bytes, 0 when none
+ * is waiting, or -errno. */
+ssize_t nfc_recv_datagram(struct nfc_capture *c, struct nfc_group *g)
+{
+    struct iovec iov = {.iov_base = c->rbuf, .iov_len = c->rbuf_size};
+    struct mmsghdr m = {.msg_hdr = {.msg_iov = &iov, .msg_iovlen = 1}};
+    size_t len;
+    int r = recv_datagrams(c, g, &m, 1, &len);
+    return r <= 0 ? r : (ssize_t)len;
 }
 
 /* Store n received datagrams (slot i holds len[i] bytes) under one lock, all stamped with
@@ -236,7 +230,7 @@ static void *reader_main(void *arg)
             struct nfc_group *g = &c->g[i];
             uint64_t received = g->st.received_packets; /* written by this thread only */
             for (int k = 0; k < 8; k++) {
-                int n = recv_datagrams(c, g, m, len);
+                int n = recv_datagrams(c, g, m, c->nslots, len);
                 if (n <= 0)
                     break;
                 handover_left = ingest_slots(c, g, len, n);

@@ -73,7 +73,7 @@ static int config_group(struct nfc_capture *c, struct nfc_group *g, const struct
                 continue;
             return -errno;
         }
-        ssize_t n = nfc_recv_datagram(c, g, MSG_DONTWAIT);
+        ssize_t n = nfc_recv_datagram(c, g);
         if (n < 0)
             return (int)n;
         if (n == 0)

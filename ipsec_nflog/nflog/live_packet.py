@@ -1,0 +1,74 @@
+"""Captured packets built from the C core's index of a run of ring records (the per-packet
+iterator's loop). Pure Python: the index is bytes here, laid out as codec.INDEX_ROW says."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from ipsec_nflog.nflog.codec import HOST, INDEX_HOT_ROW, INDEX_MALFORMED, INDEX_NO_HOOK, INDEX_ROW
+from ipsec_nflog.nflog.packet import IfnameResolver, Packet, default_ifname
+
+__all__ = ["LivePacket", "packets_from_index"]
+
+
+class LivePacket(Packet):
+    """A captured packet whose record the C core indexed: payload, prefix and hook were
+    taken from the index when it was made (plain attributes, no decoding on access); the
+    other fields read the index row on first use."""
+
+    __slots__ = ("_row", "_rows", "hook", "payload", "prefix")
+    _rows: bytes  # the batch's index rows (codec.INDEX_ROW each), shared
+    _row: int  # this packet's
+    payload: bytes | None
+    prefix: str | None
+    hook: int | None
+
+    def _full_index(self) -> Sequence[int]:
+        index = self._index
+        if index is None:
+            index = self._index = INDEX_ROW.unpack_from(self._rows, self._row * INDEX_ROW.size)
+        return index
+
+
+_HOST_LE = HOST == "<"
+_PREFIXES: dict[bytes, str] = {}  # decoded NFLOG prefixes: a capture has only a few
+_PREFIXES_MAX = 1024
+
+
+def packets_from_index(run: bytes, index: bytes, ifname_resolver: IfnameResolver | None
+                       ) -> Iterator[Packet]:
+    """The live packets of a run of ring records whose attributes the C core already
+    found: ``index`` holds one ``struct nfc_index`` per record (codec.INDEX_ROW). The loop
+    of the per-packet iterator: one object per packet, with payload, prefix and hook
+    already in place (a record C could not index gets the lazy, validating parser)."""
+    live, lazy = LivePacket.__new__, Packet.__new__
+    resolver = ifname_resolver or default_ifname
+    prefixes, no_hook = _PREFIXES, INDEX_NO_HOOK
+    i = -1
+    for start, caplen, sec, usec, olen, flags, poff, xoff, plen, xlen, hook in (
+            INDEX_HOT_ROW.iter_unpack(index)):
+        i += 1
+        raw = run[start : start + caplen]
+        if flags & INDEX_MALFORMED:
+            q = lazy(Packet)
+            q.raw, q.ts_sec, q.ts_usec, q.orig_len = raw, sec, usec, olen
+            q._index, q._le, q._ifname, q._ip = None, _HOST_LE, resolver, None
+            yield q
+            continue
+        p = live(LivePacket)
+        p.raw, p.ts_sec, p.ts_usec, p.orig_len = raw, sec, usec, olen
+        p._index, p._rows, p._row = None, index, i
+        p._le, p._ifname, p._ip = _HOST_LE, resolver, None
+        p.payload = raw[poff : poff + plen] if poff else None
+        if xoff:
+            name = raw[xoff : xoff + xlen]
+            text = prefixes.get(name)
+            if text is None:
+                if len(prefixes) >= _PREFIXES_MAX:
+                    prefixes.clear()
+                text = prefixes[name] = name.decode("utf-8", "replace")
+            p.prefix = text
+        else:
+            p.prefix = None
+        p.hook = None if hook == no_hook else hook
+        yield p
