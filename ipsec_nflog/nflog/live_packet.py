@@ -16,9 +16,9 @@ class LivePacket(Packet):
     taken from the index when it was made (plain attributes, no decoding on access); the
     other fields read the index row on first use."""
 
-    __slots__ = ("_row", "_rows", "hook", "payload", "prefix")
-    _rows: bytes  # the batch's index rows (codec.INDEX_ROW each), shared
-    _row: int  # this packet's
+    __slots__ = ("_row", "hook", "payload", "prefix")
+    _row: bytes  # this packet's index row (codec.INDEX_ROW): its own, so that keeping one
+    # packet does not keep the whole batch's index alive
     payload: bytes | None
     prefix: str | None
     hook: int | None
@@ -26,7 +26,7 @@ class LivePacket(Packet):
     def _full_index(self) -> Sequence[int]:
         index = self._index
         if index is None:
-            index = self._index = INDEX_ROW.unpack_from(self._rows, self._row * INDEX_ROW.size)
+            index = self._index = INDEX_ROW.unpack(self._row)
         return index
 
 
@@ -44,10 +44,10 @@ def packets_from_index(run: bytes, index: bytes, ifname_resolver: IfnameResolver
     live, lazy = LivePacket.__new__, Packet.__new__
     resolver = ifname_resolver or default_ifname
     prefixes, no_hook = _PREFIXES, INDEX_NO_HOOK
-    i = -1
+    size, at = INDEX_ROW.size, 0
     for start, caplen, sec, usec, olen, flags, poff, xoff, plen, xlen, hook in (
             INDEX_HOT_ROW.iter_unpack(index)):
-        i += 1
+        row, at = index[at : at + size], at + size
         raw = run[start : start + caplen]
         if flags & INDEX_MALFORMED:
             q = lazy(Packet)
@@ -57,7 +57,7 @@ def packets_from_index(run: bytes, index: bytes, ifname_resolver: IfnameResolver
             continue
         p = live(LivePacket)
         p.raw, p.ts_sec, p.ts_usec, p.orig_len = raw, sec, usec, olen
-        p._index, p._rows, p._row = None, index, i
+        p._index, p._row = None, row
         p._le, p._ifname, p._ip = _HOST_LE, resolver, None
         p.payload = raw[poff : poff + plen] if poff else None
         if xoff:
