@@ -44,6 +44,15 @@ static void register_atfork(void) { pthread_atfork(NULL, NULL, on_fork_child); }
 
 /* ------------------------------------------------------------- configuration ---- */
 
+/* Send one NFULNL config message for a group to the kernel; 0 or -errno. */
+static int send_config(const struct nfc_group *g, const struct nlmsghdr *nlh)
+{
+    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+    if (sendto(g->fd, nlh, nlh->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0)
+        return -errno;
+    return 0;
+}
+
 static int config_group(struct nfc_capture *c, struct nfc_group *g, const struct nfc_params *p)
 {
     char buf[MNL_SOCKET_BUFFER_SIZE];
@@ -58,9 +67,9 @@ static int config_group(struct nfc_capture *c, struct nfc_group *g, const struct
     mnl_attr_put_u32(nlh, NFULA_CFG_QTHRESH, htonl(p->qthreshold));
     mnl_attr_put_u16(nlh, NFULA_CFG_FLAGS, htons(p->flags));
 
-    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
-    if (sendto(g->fd, nlh, nlh->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0)
-        return -errno;
+    int sent = send_config(g, nlh);
+    if (sent < 0)
+        return sent;
 
     /* Read until our ACK. Packets that come first are kept, not lost. */
     for (int tries = 0; tries < 10000; tries++) {
@@ -104,10 +113,7 @@ int nfc_send_qthreshold(struct nfc_group *g, uint32_t qthreshold)
     struct nlmsghdr *nlh = nflog_nlmsg_put_header(buf, NFULNL_MSG_CONFIG, AF_UNSPEC, g->group);
     nlh->nlmsg_seq = QTHRESH_SEQ;
     mnl_attr_put_u32(nlh, NFULA_CFG_QTHRESH, htonl(qthreshold));
-    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
-    if (sendto(g->fd, nlh, nlh->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0)
-        return -errno;
-    return 0;
+    return send_config(g, nlh);
 }
 
 static int open_socket(struct nfc_group *g, const struct nfc_params *p)
@@ -304,10 +310,7 @@ int nfc_flush(struct nfc_capture *c)
         nlh->nlmsg_flags |= NLM_F_ACK;
         nlh->nlmsg_seq = UNBIND_SEQ;
         nflog_attr_put_cfg_cmd(nlh, NFULNL_CFG_CMD_UNBIND);
-        struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
-        if (sendto(c->g[i].fd, nlh, nlh->nlmsg_len, 0, (struct sockaddr *)&kernel,
-                   sizeof(kernel)) < 0)
-            err = -errno;
+        err = send_config(&c->g[i], nlh);
     }
     pthread_mutex_unlock(&c->mu);
     return err;
