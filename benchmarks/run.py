@@ -992,6 +992,69 @@ def targets_table(sums: dict[tuple[str, int], Summary], skipped: dict[str, str],
     return "\n".join(lines)
 
 
+PAGE_REPORTING_ORDER = "/sys/module/page_reporting/parameters/page_reporting_order"
+NO_REPORTING_ORDER = 11  # above the buddy allocator's highest order: no free block qualifies
+
+
+class SteadyMemory:
+    """Pause the guest's free page reporting for the run and pre-touch a pool of memory.
+
+    With reporting on (virtio-balloon), memory the kernel frees is handed back to the host,
+    and the next page-cache page built on it costs a host fault: measured here at several
+    µs per 4 KiB page, about as much per packet as a whole reader at 64 B, and different
+    from one run to the next. Every reader writes its file into such pages, so the ratios
+    between readers became noise. With reporting paused, the pool's pages (touched once,
+    then freed) stay backed and the files of every run reuse them. The setting is put back
+    at the end, also on errors."""
+
+    def __init__(self, pool_mib: int) -> None:
+        self.pool_mib = pool_mib
+        self.saved: str | None = None
+        self.cold_us_per_page: float | None = None
+        self.warm_us_per_page: float | None = None
+
+    def __enter__(self) -> SteadyMemory:
+        if self.pool_mib <= 0:
+            return self
+        try:
+            with open(PAGE_REPORTING_ORDER) as f:
+                self.saved = f.read().strip()
+            with open(PAGE_REPORTING_ORDER, "w") as f:
+                f.write(str(NO_REPORTING_ORDER))
+        except OSError:
+            self.saved = None  # no page reporting here, or not ours to change
+        self.cold_us_per_page = self._touch()
+        self.warm_us_per_page = self._touch()
+        return self
+
+    def _touch(self) -> float:
+        """Touch every page of a fresh anonymous pool, then free it; µs per page."""
+        size = self.pool_mib << 20
+        pool = mmap.mmap(-1, size)
+        t0 = time.perf_counter()
+        for off in range(0, size, mmap.PAGESIZE):
+            pool[off] = 1
+        dt = time.perf_counter() - t0
+        pool.close()
+        return 1e6 * dt / (size // mmap.PAGESIZE)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.saved is not None:
+            with contextlib.suppress(OSError):
+                with open(PAGE_REPORTING_ORDER, "w") as f:
+                    f.write(self.saved)
+
+    def describe(self) -> str:
+        if self.pool_mib <= 0:
+            return "left as it was (--memory-pool 0)"
+        touch = (f"{self.pool_mib} MiB pre-touched: {self.cold_us_per_page:.2f} µs per new "
+                 f"page, then {self.warm_us_per_page:.2f} µs per reused page")
+        if self.saved is None:
+            return f"no free page reporting to pause; {touch}"
+        return (f"free page reporting paused for the run (page_reporting_order "
+                f"{self.saved} -> {NO_REPORTING_ORDER}, restored after); {touch}")
+
+
 def machine_info() -> str:
     cpu = "?"
     with contextlib.suppress(OSError):
@@ -1045,6 +1108,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "during the load, with its CPU saturated, fell behind (default 0.9)")
     ap.add_argument("--python", default=_venv_python(),
                     help="interpreter for the Python consumers (default: .venv's)")
+    ap.add_argument("--memory-pool", type=int, default=1024, metavar="MIB",
+                    help="pause the guest's free page reporting for the run and pre-touch "
+                         "this much memory, so page-cache pages cost the same in every run "
+                         "(default 1024; 0: leave memory alone). See SteadyMemory")
     ap.add_argument("--keep-files", action="store_true", help="keep the capture files")
     ap.add_argument("--outdir", default=OUT,
                     help="binaries, capture files (deleted after counting) and reports "
@@ -1131,8 +1198,9 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(a.outdir, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="run-", dir=a.outdir)
     os.chmod(workdir, 0o777)  # tcpdump writes its file after dropping to user 'tcpdump'
+    memory = SteadyMemory(a.memory_pool)
     try:
-        with BenchNetns(a.group, a.port, a.nflog_threshold) as ns:
+        with memory, BenchNetns(a.group, a.port, a.nflog_threshold) as ns:
             bench = Bench(a, ns, bins, workdir)
             i = 0
             for size in a.sizes:
@@ -1152,7 +1220,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     report = render(a, results, [t.name for t in active], skipped, time.time() - started,
-                    interrupted, idle_before)
+                    interrupted, idle_before, memory.describe())
     print(report)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     md = os.path.join(a.outdir, f"bench-{stamp}.md")
@@ -1183,7 +1251,7 @@ def _progress(i: int, total: int, r: RunResult) -> None:
 
 def render(a: argparse.Namespace, results: list[RunResult], tools: list[str],
            skipped: dict[str, str], elapsed: float, interrupted: bool,
-           idle_before: float) -> str:
+           idle_before: float, memory: str = "not recorded") -> str:
     cells = cells_of(results)
     tol = a.loss_tolerance
     sums = {(t, sz): summarize(cells, t, sz, tol, a.keepup_min) for t in tools
@@ -1197,6 +1265,7 @@ def render(a: argparse.Namespace, results: list[RunResult], tools: list[str],
         "",
         f"- command: `{cmd.strip()}` ({elapsed / 60:.1f} min)",
         f"- machine: {machine_info()}",
+        f"- memory: {memory}",
         f"- background load: {idle_before:.0%} of a CPU busy before the start; during the "
         "runs the machine spent a median "
         + (f"{statistics.median(others):.0%} (max {max(others):.0%})" if others else "—")
