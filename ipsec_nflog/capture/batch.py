@@ -17,19 +17,28 @@ class Batch:
     """A run of consecutive records in the ring, valid until ``release()`` (or the next
     ``read_batch``). ``data`` is a read-only view of the records exactly as a LINKTYPE_NFLOG
     pcap file stores them (host byte order), so ``file.write(batch.data)`` writes them.
+    ``format`` is the capture's ``ring_format``: with "pcapng" the records are pcapng
+    Enhanced Packet Blocks instead (for ``PcapngWriter.write_batch``), not parsed packets.
 
     After ``release()`` ``data`` raises ``ValueError``. Slices or exports taken from it
     (``data[a:b]``, ``numpy.frombuffer``) cannot be revoked by CPython: they stay read-only
     views of ring memory that the capture reuses, so copy what must outlive the batch."""
 
-    __slots__ = ("_capture", "_released", "count", "data", "nbytes")
+    __slots__ = ("_capture", "_released", "count", "data", "format", "nbytes")
 
-    def __init__(self, capture: Capture, data: memoryview, count: int) -> None:
+    def __init__(self, capture: Capture, data: memoryview, count: int,
+                 format: str = "pcap") -> None:
         self._capture = capture
         self.data = data
         self.count = count
+        self.format = format
         self.nbytes = len(data)
         self._released = False
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        """The capture's groups: with format "pcapng", interface id i is ``groups[i]``."""
+        return self._capture.config.groups
 
     def __len__(self) -> int:
         return self.count

@@ -12,7 +12,7 @@ from ipsec_nflog.system.netns import validate_netns_name
 from ipsec_nflog.validate import check_int, validate_group
 
 __all__ = ["FLUSH_TIMEOUT_MAX", "KERNEL_SNAPLEN_MAX", "NLBUFSIZ_MAX", "NLBUFSIZ_MIN",
-           "CaptureConfig", "recv_buffer_size"]
+           "RING_FORMATS", "CaptureConfig", "recv_buffer_size"]
 
 KERNEL_SNAPLEN_MAX = 65531  # NFULNL_COPY_RANGE_MAX = 0xffff - NLA_HDRLEN
 PCAP_SNAPLEN_MAX = 262144  # tcpdump's -s limit; larger asks are errors, not clamps
@@ -25,6 +25,8 @@ LATENCY_BUDGET_MAX = 0.01  # seconds (NFC_LATENCY_BUDGET_US_MAX)
 QTHRESHOLD_ADAPT_MAX = 256  # NFC_QTHRESH_ADAPT_MAX
 LOW_LATENCY_BUDGET = 100e-6  # low_latency(): a kernel batch fills within 100 µs
 MiB = 1024 * 1024
+RING_FORMATS = ("pcap", "pcapng")  # NFC_RING_PCAP, NFC_RING_PCAPNG
+EPB_SYNTH_MAX = 256  # NFC_EPB_SYNTH_MAX
 
 
 def recv_buffer_size(nlbufsiz: int) -> int:
@@ -66,6 +68,14 @@ class CaptureConfig:
     # (up to 256) so that a batch fills within this many seconds at the current rate, and
     # lower it back to ``qthreshold`` when the rate falls. Needs flush_timeout 0. 0: fixed.
     latency_budget: float = 0.0
+    # What the ring holds (``Batch.format``): "pcap" records, which every consumer reads, or
+    # "pcapng" Enhanced Packet Blocks (interface id = the group's position in ``groups``),
+    # which a pcapng writer writes as they are (``PcapngWriter.write_batch``) with no second
+    # pass; packets cannot be parsed from those. ``epb_synth_options``: pcapng options
+    # (ending with opt_endofopt) that end the EPB of a packet whose timestamp was
+    # synthesized, e.g. ``ipsec_nflog.files.pcapng.EPB_SYNTH_OPTIONS``.
+    ring_format: str = "pcap"
+    epb_synth_options: bytes = b""
 
     def __post_init__(self) -> None:
         groups = self.groups
@@ -101,6 +111,16 @@ class CaptureConfig:
         if lb and (self.flush_timeout != 0 or self.qthreshold > QTHRESHOLD_ADAPT_MAX):
             raise ValueError("latency_budget needs flush_timeout 0 and a qthreshold of at "
                              f"most {QTHRESHOLD_ADAPT_MAX} (its floor)")
+        if self.ring_format not in RING_FORMATS:
+            raise ValueError(f"ring_format must be one of {', '.join(RING_FORMATS)}, "
+                             f"got {self.ring_format!r}")
+        opts = self.epb_synth_options
+        if not isinstance(opts, bytes):
+            raise ValueError(f"epb_synth_options must be bytes, not {type(opts).__name__}")
+        if opts and (self.ring_format != "pcapng" or len(opts) % 4
+                     or len(opts) > EPB_SYNTH_MAX):
+            raise ValueError("epb_synth_options need ring_format 'pcapng' and are whole "
+                             f"pcapng options: a multiple of 4 bytes, at most {EPB_SYNTH_MAX}")
         check_int("nlbufsiz", self.nlbufsiz, NLBUFSIZ_MIN, NLBUFSIZ_MAX)
         check_int("rcvbuf", self.rcvbuf, 0, 2**31 - 1)
         ring_min = recv_buffer_size(self.nlbufsiz)

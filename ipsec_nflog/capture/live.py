@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Any, Union
 
 from ipsec_nflog.capture.batch import Batch
-from ipsec_nflog.capture.config import CaptureConfig
+from ipsec_nflog.capture.config import RING_FORMATS, CaptureConfig
 from ipsec_nflog.capture.errmap import raise_for_errno
 from ipsec_nflog.capture.filter import Filter
 from ipsec_nflog.capture.select import hook_mask
@@ -147,7 +147,12 @@ class Capture:
             "handover_ms": round(cfg.handover_delay * 1000),
             "handover_bytes": HANDOVER_BYTES,
             "latency_budget_us": round(cfg.latency_budget * 1e6),
+            "ring_format": RING_FORMATS.index(cfg.ring_format),
         })
+        synth = ffi.new("char[]", cfg.epb_synth_options or b"\0")  # copied by nfc_open
+        if cfg.epb_synth_options:
+            params.epb_synth_opts = synth
+            params.epb_synth_opts_len = len(cfg.epb_synth_options)
         groups = ffi.new("uint16_t[]", list(cfg.groups))
         out = ffi.new("struct nfc_capture **")
         failed_group = ffi.new("int32_t *")
@@ -202,7 +207,8 @@ class Capture:
                     raise_for_errno(n, "read a batch")
                 if n > 0:
                     off = b.offset
-                    self._batch = Batch(self, self._ring_view[off : off + b.nbytes], n)
+                    self._batch = Batch(self, self._ring_view[off : off + b.nbytes], n,
+                                        self.config.ring_format)
                     return self._batch
                 if self._stopped:
                     return None
@@ -237,6 +243,7 @@ class Capture:
                 timeout: float | None = None) -> Iterator[Packet]:
         """Parsed packets until ``count`` are yielded, ``timeout`` seconds pass without the
         wanted packets, or the capture stops. Each packet owns its bytes."""
+        self._require_packets()
         deadline = None if timeout is None else time.monotonic() + timeout
         left = count
         while left is None or left > 0:
@@ -256,6 +263,7 @@ class Capture:
                        timeout: float | None = None) -> AsyncIterator[Packet]:
         """``packets()`` for asyncio: waits on ``fileno()`` in the running loop instead of
         blocking, so other tasks (a traffic generator, a strongSwan controller) keep going."""
+        self._require_packets()
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         fd = self.fileno()
@@ -290,6 +298,10 @@ class Capture:
         """Packets from a run of ring records. C indexes every record's attributes in one
         call, so Python does no TLV walking; one copy of the run lets the ring space go
         back to the reader (``release``) before the first packet is yielded."""
+        if self.config.ring_format != "pcap":
+            if release is not None:
+                release.release()
+            self._require_packets()
         ffi, lib = self._ffi, self._lib
         index = ffi.new("struct nfc_index[]", count)
         n = lib.nfc_index_records(ffi.from_buffer(view), len(view), count, index)
@@ -298,6 +310,12 @@ class Capture:
             release.release()
         rows = ffi.buffer(index, n * INDEX_ROW.size)[:]  # the packets keep it for cold fields
         yield from packets_from_index(data, rows, self._ifname)
+
+    def _require_packets(self) -> None:
+        if self.config.ring_format != "pcap":
+            raise ValueError(f"this capture's ring holds {self.config.ring_format} blocks "
+                             "(ring_format), which a writer of that format takes as they "
+                             "are; for packets, capture with ring_format 'pcap'")
 
     def drain_batches(self, max_packets: int | None = None) -> Iterator[Batch]:
         """The records still in the ring, batch by batch without waiting, at most
@@ -313,12 +331,13 @@ class Capture:
             yield batch
 
     def drain_into(self, writer: Any) -> int:
-        """Write every record still in the ring with ``writer.write_records`` (a
-        ``pcapfile`` writer); returns how many. Use after ``stop()`` to end a capture."""
+        """Write every record still in the ring with ``writer.write_batch`` (a
+        ``ipsec_nflog.files`` writer); returns how many. Use after ``stop()`` to end a
+        capture."""
         n = 0
         for batch in self.drain_batches():
             with batch:
-                writer.write_records(batch.data, batch.count)
+                writer.write_batch(batch)
                 n += batch.count
         return n
 

@@ -13,7 +13,7 @@ import os
 import stat
 from typing import TYPE_CHECKING, TypedDict, cast
 
-from ipsec_nflog.cli.capture_loop import capture_loop
+from ipsec_nflog.cli.capture_loop import capture_loop, output_format
 from ipsec_nflog.cli.capture_parent import capture_with_privileged_parent
 from ipsec_nflog.cli.capture_summary import stopped_early
 from ipsec_nflog.cli.errors import CliError
@@ -49,6 +49,8 @@ class _ConfigOptions(TypedDict, total=False):
     indev: str | None
     outdev: str | None
     handover_delay: float
+    ring_format: str
+    epb_synth_options: bytes
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
@@ -101,6 +103,12 @@ def capture_config(args: argparse.Namespace) -> CaptureConfig:
         # sits idle while the reader drains it, so the ring is the only slack. Pages are
         # touched only when a burst needs them.
         opts["ring_size"] = FILE_RING_SIZE
+    if output_format(args) == "pcapng":
+        # The reader frames the EPBs as it stores them: the writer writes the ring as is.
+        from ipsec_nflog.files.pcapng import EPB_SYNTH_OPTIONS
+
+        opts["ring_format"] = "pcapng"
+        opts["epb_synth_options"] = EPB_SYNTH_OPTIONS
     if args.write and not args.packet_buffered:
         # One wakeup, one pass of Python and one write for several kernel batches. Also with
         # --low-latency: its timestamps are taken when the reader receives, not when the

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ipsec_nflog.files.writer import CaptureWriter
     from ipsec_nflog.system.signals import StopSignals
 
-__all__ = ["StatusLine", "capture_loop", "open_output"]
+__all__ = ["StatusLine", "capture_loop", "open_output", "output_format"]
 
 MAX_BATCH = 65536  # records per read_batch
 POLL_SECONDS = 0.25  # a read waits this long at most: stop, --duration and flushes are seen
@@ -65,13 +65,23 @@ class StatusLine:
             self.stream.flush()
 
 
+def output_format(args: argparse.Namespace) -> str | None:
+    """The ``-w`` file's format: asked for, or from the file name (None: no -w)."""
+    from ipsec_nflog.files import default_format
+
+    if not args.write:
+        return None
+    fmt = "pcapng" if args.pcapng else "raw" if args.raw else "pcap" if args.pcap else None
+    return fmt or default_format(args.write)
+
+
 def open_output(args: argparse.Namespace, cap: Capture) -> CaptureWriter:
     """The ``-w`` writer: a file (rotating with -C/-G/-W) or standard output (``-w -``)."""
     from ipsec_nflog.capture.framing import NativeFraming
-    from ipsec_nflog.files import default_format, open_writer
+    from ipsec_nflog.files import open_writer
 
-    fmt = "pcapng" if args.pcapng else "raw" if args.raw else "pcap" if args.pcap else None
-    pcapng = (fmt or default_format(args.write)) == "pcapng"
+    fmt = output_format(args)
+    pcapng = fmt == "pcapng"
     to_stdout = args.write == "-"  # like tcpdump -w -: pipe into wireshark -k -i -
     if to_stdout and (args.file_size or args.rotate_seconds):
         raise CliError("-w - cannot rotate (-C/-G)")
@@ -175,7 +185,7 @@ def _drain(cap: Capture, stop: StopSignals, writer: CaptureWriter | None,
 
 def _emit(batch: Batch, writer: CaptureWriter | None) -> None:
     if writer is not None:
-        writer.write_records(batch.data, batch.count)
+        writer.write_batch(batch)  # pcapng: the ring already holds its blocks
         batch.release()
         return
     from ipsec_nflog.nflog.summary import summarize

@@ -48,7 +48,8 @@ from ipsec_nflog.files.format import (
 )
 from ipsec_nflog.nflog.codec import HOST, NFULA, Buffer, walk_records, walk_tlvs
 
-__all__ = ["SYNTHESIZED_COMMENT", "InterfaceNames", "PcapngEncoder", "isb_counters"]
+__all__ = ["EPB_MIN", "EPB_SYNTH_OPTIONS", "SYNTHESIZED_COMMENT", "InterfaceNames",
+           "PcapngEncoder", "isb_counters"]
 
 SYNTHESIZED_COMMENT = "timestamp synthesized (no NFULA_TIMESTAMP)"
 StatsSource = Callable[[], object]
@@ -56,6 +57,10 @@ InterfaceNames = Callable[[], Mapping[int, str]]
 IsbCounters = dict[int, tuple[list[tuple[int, int]], str]]
 
 _SYNTH_OPTS = encode_options(HOST, [(OPT_COMMENT, SYNTHESIZED_COMMENT.encode())])
+# What ends an EPB whose timestamp was synthesized, for blocks framed elsewhere (the C core:
+# CaptureConfig.epb_synth_options).
+EPB_SYNTH_OPTIONS = _SYNTH_OPTS
+EPB_MIN = 32  # an EPB with an empty body and no options
 # A record's body becomes an EPB: header, body padded to 4, maybe the comment, trailer.
 _EPB_EXTRA = EPB_HEADER.size + 4 - 16 + 3 + len(_SYNTH_OPTS)  # worst-case growth
 # One record's trailer and the next one's header, packed together: one call per record.
@@ -112,6 +117,17 @@ class PcapngEncoder:
     def groups(self) -> list[int]:
         """NFLOG groups by interface id."""
         return list(self._groups)
+
+    def number_interfaces(self, groups: Sequence[int]) -> None:
+        """Make interface id i mean ``groups[i]`` (blocks framed elsewhere number them so),
+        declaring what is missing; ValueError when ids already mean other groups."""
+        have = self._groups
+        n = min(len(have), len(groups))
+        if have[:n] != list(groups[:n]):
+            raise ValueError(f"the blocks number interfaces by groups {list(groups)}, but "
+                             f"this file's interfaces are groups {have}")
+        for g in groups[n:]:
+            self._add_group(g)
 
     def _add_group(self, group: int) -> int:
         if not 0 <= group <= 0xFFFF:

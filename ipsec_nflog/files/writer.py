@@ -51,6 +51,8 @@ from ipsec_nflog.files.encoders import Encoder, Framing, PcapEncoder, RawEncoder
 from ipsec_nflog.files.format import MAX_SNAPLEN, CaptureFileError, CaptureWriteError
 from ipsec_nflog.files.options import Clock, WriterOptions, WriteV
 from ipsec_nflog.files.pcapng import (
+    EPB_MIN,
+    EPB_SYNTH_OPTIONS,
     SYNTHESIZED_COMMENT,
     InterfaceNames,
     PcapngEncoder,
@@ -62,6 +64,7 @@ from ipsec_nflog.files.rotation import Rotation, split_point
 from ipsec_nflog.nflog.codec import Buffer
 
 __all__ = [
+    "EPB_SYNTH_OPTIONS",
     "SYNTHESIZED_COMMENT",
     "CaptureFileError",
     "CaptureReader",
@@ -84,7 +87,9 @@ _Writer = TypeVar("_Writer", bound="CaptureWriter")
 
 
 class BatchLike(Protocol):
-    """What ``write_batch`` takes: ``Capture.read_batch()``'s ``Batch``."""
+    """What ``write_batch`` takes: ``Capture.read_batch()``'s ``Batch``. Its ``format``
+    (optional, "pcap" when absent) says what the records are: ring pcap records, or
+    "pcapng" EPBs whose interface ids number ``groups``."""
 
     @property
     def data(self) -> Buffer: ...
@@ -148,19 +153,35 @@ class CaptureWriter:
         whole records. Records that do not reach a file because of an error or an interrupt
         (or because the writer had already failed) are added to ``records_lost``.
         """
+        mv = self._run_view(buf, count, 16)
+        if count == 0:
+            return
+        data, nrec = self._encoder.encode(mv, count)
+        self._write_run(memoryview(data), count, nrec)
+
+    def write_blocks(self, buf: Buffer, count: int, groups: Sequence[int]) -> None:
+        """Append ``count`` pcapng Enhanced Packet Blocks as they are: the batch of a
+        capture with ``ring_format="pcapng"``, interface id i being ``groups[i]``. Only a
+        :class:`PcapngWriter` takes them (ValueError otherwise)."""
+        raise ValueError(f"a {self.format} writer cannot take pcapng blocks: capture with "
+                         "ring_format 'pcap' for it")
+
+    def _run_view(self, buf: Buffer, count: int, min_record: int) -> memoryview:
+        """``buf`` as bytes, once the writer and ``count`` are checked."""
         if self._closed or self._failed:
             self.records_lost += max(count, 0)
             raise ValueError(f"capture writer for {self.path} is {self._state()}")
         mv = memoryview(buf).cast("B")
-        if count < 0 or (count == 0) != (len(mv) == 0) or len(mv) < 16 * count:
+        if count < 0 or (count == 0) != (len(mv) == 0) or len(mv) < min_record * count:
             raise ValueError(f"{len(mv)} bytes cannot hold {count} records")
-        if count == 0:
-            return
-        data, nrec = self._encoder.encode(mv, count)
+        return mv
+
+    def _write_run(self, data: memoryview, count: int, nrec: int) -> None:
+        """Write ``data``, the ``nrec`` encoded records of ``count`` handed in."""
         self.records_skipped += count - nrec
         before = self.records_written
         try:
-            self._write_encoded(memoryview(data), nrec)
+            self._write_encoded(data, nrec)
         except BaseException:
             self.records_lost += nrec - (self.records_written - before)
             raise
@@ -176,8 +197,15 @@ class CaptureWriter:
         return False
 
     def write_batch(self, batch: BatchLike) -> None:
-        """``write_records(batch.data, batch.count)``."""
-        self.write_records(batch.data, batch.count)
+        """``write_records(batch.data, batch.count)``; a batch of pcapng blocks (a capture
+        with ``ring_format="pcapng"``) goes to ``write_blocks`` with the capture's groups."""
+        fmt = getattr(batch, "format", "pcap")
+        if fmt == "pcap":
+            self.write_records(batch.data, batch.count)
+        elif fmt == "pcapng":
+            self.write_blocks(batch.data, batch.count, getattr(batch, "groups", ()))
+        else:
+            raise ValueError(f"batch of unknown format {fmt!r}")
 
     def flush(self) -> None:
         """fdatasync the current file now."""
@@ -365,6 +393,14 @@ class PcapngWriter(CaptureWriter):
     def groups(self) -> list[int]:
         """NFLOG groups by interface id."""
         return self._pcapng.groups
+
+    def write_blocks(self, buf: Buffer, count: int, groups: Sequence[int]) -> None:
+        # The blocks were framed by the C core: no Python work per packet. Their interface
+        # ids must mean what this file's IDBs say.
+        mv = self._run_view(buf, count, EPB_MIN)
+        self._pcapng.number_interfaces(groups)
+        if count:
+            self._write_run(mv, count, count)
 
 
 FORMATS: dict[str, type[PcapWriter] | type[PcapngWriter] | type[RawWriter]] = {

@@ -42,7 +42,9 @@ SHA1_96 = "HMAC-SHA-1-96 [RFC2404]"
 ANY_96 = "ANY 96 bit authentication [no checking]"
 AES_CBC = "AES-CBC [RFC3602]"
 GCM_16 = "AES-GCM with 16 octet ICV [RFC4106]"
-SPORT, DPORT = 40000, 40001          # no dissector claims them: tshark shows the bytes
+SPORT, DPORT = 40000, 40001          # no port dissector claims them (tshark_inner also
+                                     # decodes them as data: random bytes can look like a
+                                     # protocol to a heuristic dissector)
 
 
 # ---- an independent ESP encryptor --------------------------------------------------------
@@ -187,6 +189,7 @@ def tcpdump_inner(path: Path, spec: str) -> list[Inner]:
 def tshark_inner(path: Path, sas: list[EspSa]) -> list[Inner]:
     tshark = require_tool("tshark", "tshark")
     argv = [tshark, "-n", "-r", str(path), *keys.tshark_options(esp=sas, check_icv=False),
+            "-d", f"udp.port=={SPORT},data", "-d", f"udp.port=={DPORT},data",
             "-T", "fields", "-E", "separator=|", "-e", "esp.spi", "-e", "esp.sequence",
             "-e", "ip.src", "-e", "ipv6.src", "-e", "udp.srcport", "-e", "ip.dst",
             "-e", "ipv6.dst", "-e", "udp.dstport", "-e", "data.data"]

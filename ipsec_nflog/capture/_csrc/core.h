@@ -19,6 +19,8 @@
 #pragma GCC visibility push(hidden)
 
 #define REC_HDR 16u
+#define EPB_TYPE 6u
+#define EPB_HEAD 28u /* type, length, interface, ts high, ts low, caplen, orig_len */
 /* Receive slots: as many as fit in this many bytes, 1..NFC_RECV_SLOTS_MAX. Pages are
  * touched only as far as datagrams fill them. */
 #define NFC_RECV_SLOTS_BYTES (4u << 20)
@@ -84,6 +86,9 @@ struct nfc_capture {
     uint32_t handover_ms;    /* 0: signal as soon as records are pending */
     uint64_t handover_bytes; /* signal at once from this many pending bytes */
     uint64_t pending_since_ms; /* CLOCK_MONOTONIC when pending last went from 0 to > 0 */
+    uint32_t ring_format; /* NFC_RING_PCAP or NFC_RING_PCAPNG (nfc_params) */
+    uint32_t synth_opts_len;
+    char synth_opts[NFC_EPB_SYNTH_MAX]; /* pcapng: ends an EPB with a synthesized stamp */
     uint32_t latency_budget_us; /* adaptive qthreshold (nfc_params); 0: off */
     uint32_t qthreshold_base;   /* the configured qthreshold: the adaptive floor */
     int stop_fd;  /* tells the reader thread (and waiters) to stop */

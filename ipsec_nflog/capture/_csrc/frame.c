@@ -8,8 +8,6 @@
 #include <errno.h>
 #include <string.h>
 
-#define BLOCK_EPB 6u
-#define EPB_HEAD 28u /* type, length, interface, ts high, ts low, caplen, orig_len */
 
 static int iface_of(const struct nfc_frame_args *a, uint16_t group)
 {
@@ -42,7 +40,7 @@ static uint64_t frame_epb(const uint32_t *hdr, const unsigned char *body, uint32
     if (total > room)
         return 0;
     uint64_t ts = (uint64_t)hdr[0] * 1000000u + hdr[1];
-    put32(out, BLOCK_EPB);
+    put32(out, EPB_TYPE);
     put32(out + 4, (uint32_t)total);
     put32(out + 8, iface);
     put32(out + 12, (uint32_t)(ts >> 32));

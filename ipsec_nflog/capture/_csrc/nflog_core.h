@@ -48,7 +48,18 @@ struct nfc_params {
      * group goes quiet. Needs timeout_cs 0, so a batch the rate no longer fills is sent at
      * the next kernel tick. 0: qthreshold stays as configured. */
     uint32_t latency_budget_us; /* at most NFC_LATENCY_BUDGET_US_MAX */
+    /* What a ring record is. NFC_RING_PCAP: a LINKTYPE_NFLOG pcap record (host order, µs).
+     * NFC_RING_PCAPNG: a pcapng Enhanced Packet Block of the same body (host order, µs
+     * timestamps, interface id = the group's index in groups[]), ending with
+     * epb_synth_opts when its timestamp was synthesized: a pcapng writer writes the ring
+     * as it is, with no second pass. Only records of the ring's format can be indexed. */
+    uint32_t ring_format;
+    const char *epb_synth_opts; /* options incl. opt_endofopt, copied at open; may be NULL */
+    uint32_t epb_synth_opts_len; /* a multiple of 4, at most NFC_EPB_SYNTH_MAX */
 };
+#define NFC_RING_PCAP 0
+#define NFC_RING_PCAPNG 1
+#define NFC_EPB_SYNTH_MAX 256
 #define NFC_HANDOVER_MS_MAX 1000
 #define NFC_LATENCY_BUDGET_US_MAX 10000
 #define NFC_QTHRESH_ADAPT_MAX 256
@@ -158,7 +169,8 @@ struct nfc_index {
     uint16_t reserved;
 };
 #define NFC_IDX_NO_HOOK 0xffffu
-/* Index count records from buf (host-order pcap records); returns how many it indexed. */
+/* Index count records from buf (host-order pcap records, NFC_RING_PCAP); returns how many
+ * it indexed. */
 int nfc_index_records(const char *buf, uint64_t nbytes, uint32_t count, struct nfc_index *out);
 
 /* Compile a tcpdump expression with libpcap for linktype (101: raw IP, what an NFLOG

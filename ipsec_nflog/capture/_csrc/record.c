@@ -1,5 +1,6 @@
-/* ipsec_nflog C core: the record format. Storing a kernel packet message as a ring record
- * (the hot path: one TLV pass for seq, timestamp and payload) and indexing records for the
+/* ipsec_nflog C core: the record format. Storing a kernel packet message as a ring record,
+ * a pcap record or a pcapng EPB (the hot path: one TLV pass for seq, timestamp and payload),
+ * and indexing pcap records for the
  * Python per-packet path, both over the one TLV walk in core.h. */
 #define _GNU_SOURCE
 #include "core.h"
@@ -50,6 +51,32 @@ static int keep_payload(const struct nfc_filter *f, const struct nlattr *payload
     return nfc_filter_run(f, ip, wire, n) != 0;
 }
 
+/* A stored record's timestamp in microseconds, and changing it, in the ring's format. */
+static uint64_t record_stamp_us(const struct nfc_capture *c, const char *rec)
+{
+    uint32_t v[2];
+    if (c->ring_format == NFC_RING_PCAPNG) {
+        memcpy(v, rec + 12, sizeof(v)); /* ts high, ts low */
+        return ((uint64_t)v[0] << 32) | v[1];
+    }
+    memcpy(v, rec, sizeof(v));
+    return (uint64_t)v[0] * 1000000u + v[1];
+}
+
+static void set_record_stamp(const struct nfc_capture *c, char *rec, uint64_t us)
+{
+    uint32_t v[2];
+    if (c->ring_format == NFC_RING_PCAPNG) {
+        v[0] = (uint32_t)(us >> 32);
+        v[1] = (uint32_t)us;
+        memcpy(rec + 12, v, sizeof(v));
+    } else {
+        v[0] = (uint32_t)(us / 1000000u);
+        v[1] = (uint32_t)(us % 1000000u);
+        memcpy(rec, v, sizeof(v));
+    }
+}
+
 /* A kernel stamp K arrived: every receive-stamped record still pending was logged
  * before it, so it is stamped K - 1 us (never before the previous kernel stamp, never after
  * its own receive time). Nothing else is known about them: the stamp stays "synthesized". */
@@ -59,25 +86,54 @@ static void bound_synthesized(struct nfc_capture *c, uint64_t kernel_us)
     uint64_t est = kernel_us > 0 ? kernel_us - 1 : 0;
     if (est < s->last_kernel_us)
         est = s->last_kernel_us;
-    for (uint32_t i = 0; i < s->n; i++) {
-        uint32_t hdr[2];
-        memcpy(hdr, s->rec[i], sizeof(hdr));
-        uint64_t own = (uint64_t)hdr[0] * 1000000u + hdr[1];
-        if (est < own) {
-            hdr[0] = (uint32_t)(est / 1000000u);
-            hdr[1] = (uint32_t)(est % 1000000u);
-            memcpy(s->rec[i], hdr, sizeof(hdr));
-        }
-    }
+    for (uint32_t i = 0; i < s->n; i++)
+        if (est < record_stamp_us(c, s->rec[i]))
+            set_record_stamp(c, s->rec[i], est);
     s->n = 0;
     s->last_kernel_us = kernel_us;
 }
 
-/* Store one packet message as a pcap record. Called with mu held. */
+/* The ring record's size: a pcap record, or an EPB (body padded to 4, the synthesized-stamp
+ * options, the trailing length). */
+static uint64_t record_size(const struct nfc_capture *c, uint32_t len, int kernel_stamp)
+{
+    if (c->ring_format != NFC_RING_PCAPNG)
+        return REC_HDR + (uint64_t)len;
+    return EPB_HEAD + (((uint64_t)len + 3) & ~(uint64_t)3) +
+           (kernel_stamp ? 0 : c->synth_opts_len) + 4;
+}
+
+/* Write the record at dst (reclen bytes, from record_size). */
+static void put_record(const struct nfc_capture *c, char *dst, uint64_t reclen, uint32_t iface,
+                       const uint32_t stamp[2], const unsigned char *body, uint32_t len,
+                       uint32_t orig_len, int kernel_stamp)
+{
+    if (c->ring_format != NFC_RING_PCAPNG) {
+        uint32_t hdr[4] = {stamp[0], stamp[1], len, orig_len};
+        memcpy(dst, hdr, REC_HDR);
+        memcpy(dst + REC_HDR, body, len);
+        return;
+    }
+    uint64_t us = (uint64_t)stamp[0] * 1000000u + stamp[1];
+    uint32_t total = (uint32_t)reclen, padded = (len + 3) & ~3u;
+    uint32_t head[7] = {EPB_TYPE, total, iface, (uint32_t)(us >> 32), (uint32_t)us, len,
+                        orig_len};
+    memcpy(dst, head, EPB_HEAD);
+    memcpy(dst + EPB_HEAD, body, len);
+    memset(dst + EPB_HEAD + len, 0, padded - len);
+    char *q = dst + EPB_HEAD + padded;
+    if (!kernel_stamp) {
+        memcpy(q, c->synth_opts, c->synth_opts_len);
+        q += c->synth_opts_len;
+    }
+    memcpy(q, &total, sizeof(total));
+}
+
+/* Store one packet message as a ring record (g: the group it is from, whose index is its
+ * pcapng interface id). Called with mu held. */
 void nfc_store_packet(struct nfc_capture *c, struct nfc_group *g, const unsigned char *body,
                       uint32_t len, const struct timespec *now)
 {
-    uint64_t reclen = REC_HDR + (uint64_t)len;
     struct nfc_hot_attrs h;
     scan_hot_attrs(body, len, &h);
     const struct nlattr *seq = h.seq, *ts = h.ts;
@@ -91,8 +147,6 @@ void nfc_store_packet(struct nfc_capture *c, struct nfc_group *g, const unsigned
         }
         g->next_seq = s + 1;
     }
-    g->st.received_packets++;
-    g->st.received_bytes += reclen;
     uint32_t stamp[2];
     int kernel_stamp = ts && ts->nla_len >= NLA_HDRLEN + 16;
     if (kernel_stamp) {
@@ -104,6 +158,9 @@ void nfc_store_packet(struct nfc_capture *c, struct nfc_group *g, const unsigned
         stamp[0] = (uint32_t)now->tv_sec;
         stamp[1] = (uint32_t)(now->tv_nsec / 1000);
     }
+    uint64_t reclen = record_size(c, len, kernel_stamp);
+    g->st.received_packets++;
+    g->st.received_bytes += reclen;
     if ((c->select_active && !nfc_select_match(&c->select, &h)) ||
         (c->filter && !keep_payload(c->filter, h.payload))) {
         g->st.filtered_packets++;
@@ -116,15 +173,13 @@ void nfc_store_packet(struct nfc_capture *c, struct nfc_group *g, const unsigned
         g->st.ring_drop_bytes += reclen;
         return;
     }
-    uint32_t hdr[4] = {stamp[0], stamp[1], len, 0};
     if (!kernel_stamp) {
         g->st.timestamps_synthesized++;
         if (c->synth.n < NFC_SYNTH_MAX)
             c->synth.rec[c->synth.n++] = dst;
     }
-    hdr[3] = orig_len_of(h.payload, len);
-    memcpy(dst, hdr, REC_HDR);
-    memcpy(dst + REC_HDR, body, len);
+    put_record(c, dst, reclen, (uint32_t)(g - c->g), stamp, body, len,
+               orig_len_of(h.payload, len), kernel_stamp);
     c->wr += reclen;
     c->stored++;
     c->pending++;

@@ -1,4 +1,4 @@
-/* ipsec_nflog C core: the ring of ready pcap records and the consumer side (wait, peek,
+/* ipsec_nflog C core: the ring of ready records (pcap or pcapng EPBs) and the consumer side (wait, peek,
  * release). The reader stores with the mutex held; the consumer takes contiguous runs. */
 #define _GNU_SOURCE
 #include "core.h"
@@ -82,14 +82,20 @@ static uint64_t take_records(struct nfc_capture *c, uint64_t off, uint64_t end,
 {
     uint64_t start = off;
     uint32_t n = 0;
+    int pcapng = c->ring_format == NFC_RING_PCAPNG;
     while (off + REC_HDR <= end && n < max_packets) {
-        uint32_t caplen;
-        memcpy(&caplen, c->ring + off + 8, sizeof(caplen));
-        uint64_t reclen = REC_HDR + caplen;
-        if (reclen > end - off || (n > 0 && off - start + reclen > max_bytes))
+        uint32_t word[2]; /* pcap: caplen, orig_len; EPB: length, interface id */
+        memcpy(word, c->ring + off + (pcapng ? 4 : 8), sizeof(word));
+        uint64_t reclen = pcapng ? word[0] : REC_HDR + (uint64_t)word[0];
+        if (reclen < REC_HDR || reclen > end - off ||
+            (n > 0 && off - start + reclen > max_bytes))
             break;
-        int gi = caplen >= 4 ? group_index(c, (const unsigned char *)c->ring + off + REC_HDR)
-                             : -1;
+        int gi;
+        if (pcapng)
+            gi = word[1] < c->ngroups ? (int)word[1] : 0;
+        else
+            gi = word[0] >= 4 ? group_index(c, (const unsigned char *)c->ring + off + REC_HDR)
+                              : 0;
         gi = gi < 0 ? 0 : gi;
         c->out_packets[gi]++;
         c->out_group_bytes[gi] += reclen;

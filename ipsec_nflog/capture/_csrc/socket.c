@@ -200,6 +200,10 @@ static int alloc_capture(struct nfc_capture *c, const uint16_t *groups, uint32_t
         c->g[i].st.qthreshold = c->g[i].st.qthreshold_peak = params->qthreshold;
     }
     c->latency_budget_us = params->latency_budget_us;
+    c->ring_format = params->ring_format;
+    c->synth_opts_len = params->epb_synth_opts ? params->epb_synth_opts_len : 0;
+    if (c->synth_opts_len)
+        memcpy(c->synth_opts, params->epb_synth_opts, c->synth_opts_len);
     c->qthreshold_base = params->qthreshold;
     c->ngroups = ngroups;
     c->fork_gen = nfc_fork_generation;
@@ -248,6 +252,10 @@ int nfc_open(struct nfc_capture **out, const uint16_t *groups, uint32_t ngroups,
     if (ngroups == 0 || ngroups > NFC_MAX_GROUPS || ring_fd < 0 || ring_size < 4096 ||
         params->handover_ms > NFC_HANDOVER_MS_MAX ||
         params->latency_budget_us > NFC_LATENCY_BUDGET_US_MAX ||
+        (params->ring_format != NFC_RING_PCAP && params->ring_format != NFC_RING_PCAPNG) ||
+        (params->epb_synth_opts &&
+         (params->epb_synth_opts_len > NFC_EPB_SYNTH_MAX || params->epb_synth_opts_len % 4 ||
+          params->ring_format != NFC_RING_PCAPNG)) ||
         (params->latency_budget_us && (params->timeout_cs != 0 || params->qthreshold < 1 ||
                                        params->qthreshold > NFC_QTHRESH_ADAPT_MAX)))
         return -EINVAL;
