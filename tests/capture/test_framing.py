@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ipsec_nflog.files.encoders import RawEncoder
-from ipsec_nflog.files.pcapng import PcapngEncoder
+from ipsec_nflog.files.pcapng import SYNTHESIZED_COMMENT, PcapngEncoder
 from ipsec_nflog.files.writer import open_writer
 from tests.files.test_pcapfile import ipv4_udp, nflog_body, record, sample_records
 
@@ -59,7 +59,7 @@ def test_pcapng_framing_gives_new_groups_interface_ids_and_keeps_the_comment() -
     enc.use_framing(NativeFraming())
     blocks, n = enc.encode(memoryview(data), count)
     assert n == count and enc.groups == [5, 7, 9]
-    assert bytes(blocks).count(b"timestamp synthesized") == sum(
+    assert bytes(blocks).count(SYNTHESIZED_COMMENT.encode()) == sum(
         1 for i in range(9) if i % 2 == 0) + 2  # outbound samples, the cut and payloadless
 
 

@@ -14,7 +14,7 @@ import pytest
 from ipsec_nflog import Capture, CaptureConfig
 from ipsec_nflog.capture.framing import NativeFraming
 from ipsec_nflog.files import open_writer, read_capture
-from ipsec_nflog.files.pcapng import EPB_SYNTH_OPTIONS, PcapngEncoder
+from ipsec_nflog.files.pcapng import EPB_SYNTH_OPTIONS, SYNTHESIZED_COMMENT, PcapngEncoder
 from tests.capture.test_capture_ring import message, udp4
 
 pytestmark = pytest.mark.requires_core
@@ -66,7 +66,7 @@ def test_the_pcapng_ring_holds_what_the_writers_make_from_a_pcap_ring() -> None:
     assert bytes(python.encode(memoryview(pcap), n)[0]) == blocks
     assert bytes(native.encode(memoryview(pcap), n)[0]) == blocks
     # the outbound ones carry the comment (4 of 7), and were pulled back before the reply
-    assert blocks.count(b"timestamp synthesized") == 4
+    assert blocks.count(SYNTHESIZED_COMMENT.encode()) == 4
 
 
 def test_a_pcapng_writer_writes_the_blocks_as_they_are(tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def test_tshark_reads_the_ring_blocks(tmp_path: Path) -> None:
     rows = [line.split("\t") for line in out.splitlines()]
     assert [r[0] for r in rows] == ["nflog:5", "nflog:7", "nflog:5", "nflog:7", "nflog:5",
                                     "nflog:5", "nflog:7"]
-    assert sum("timestamp synthesized" in r[1] for r in rows) == 4
+    assert sum(SYNTHESIZED_COMMENT in r[1] for r in rows) == 4
 
 
 def test_mixing_the_formats_up_fails_clearly(tmp_path: Path) -> None:
