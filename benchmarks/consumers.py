@@ -11,7 +11,8 @@ without pcapfile, with a plain ``file.write(batch.data)``.
 ``iter``: the per-packet iterator. Every ``Packet`` from ``Capture.packets()`` is parsed
 (its ``.payload`` is touched, which decodes the TLVs) and counted, and written back as a
 pcap record so that the benchmark can count what was captured from the file, like for
-every other tool.
+every other tool. ``iter-batch``: the same packets, but each batch is written by the
+library's writer before its packets are parsed (the test harness's loop).
 
 Peers, what a Python user would pick instead (benchmarks/requirements.txt; never dependencies
 of the package), each writing a file the benchmark counts like every other:
@@ -34,6 +35,7 @@ for every program here and unrelated to any packet) is not spread over the packe
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import signal
@@ -149,6 +151,35 @@ def run_iter(cap: Any, out: RawPcap, stopper: Stopper, write_records: bool = Tru
     return packets, payload_bytes
 
 
+def run_iter_batch(cap: Any, out: Any, stopper: Stopper) -> tuple[int, int]:
+    """The test harness's loop (ipsec_nflog/testing/session.py): each batch goes to the file
+    through the library's writer, then each of its packets is parsed and looked at like in
+    ``iter``. What a user who wants both a file and the packets would write: the library's
+    writer takes batches, as pcapy's dumper takes packets."""
+    packets = payload_bytes = 0
+    write = out.write_records
+
+    def take(batch: Any) -> None:
+        nonlocal packets, payload_bytes
+        write(batch.data, batch.count)
+        for pkt in batch:
+            payload = pkt.payload
+            if payload is not None:
+                payload_bytes += len(payload)
+            _ = pkt.prefix, pkt.hook
+            packets += 1
+        batch.release()
+
+    while not stopper.stop:
+        batch = cap.read_batch(timeout=0.25)
+        if batch is not None:
+            take(batch)
+    cap.stop(drain=0.0)
+    while (batch := cap.read_batch(timeout=0)) is not None:
+        take(batch)
+    return packets, payload_bytes
+
+
 _TLV = struct.Struct("=HH")  # LINKTYPE_NFLOG TLVs: length and type in host byte order
 NFULA_PACKET_HDR, NFULA_PAYLOAD, NFULA_PREFIX = 1, 9, 10
 
@@ -209,9 +240,15 @@ def run_scapy(group: int, path: str, stopper: Stopper) -> int:
         out.write(pkt)
         packets += 1
 
-    # sniff(iface="nflog:N") refuses a name that is not in its interface list, so open the
-    # libpcap socket it would use for it and hand that to sniff.
-    sock = L2pcapListenSocket(iface=f"nflog:{group}")
+    # scapy's interface list holds libpcap's "nflog" but not "nflog:N": give sniff that
+    # interface under the group's name, which libpcap opens.
+    from scapy.interfaces import NetworkInterface
+
+    base = conf.ifaces.dev_from_networkname("nflog")
+    iface = NetworkInterface(base.provider, {"name": f"nflog:{group}",
+                                             "network_name": f"nflog:{group}",
+                                             "description": base.description})
+    sock = L2pcapListenSocket(iface=iface)
     while not stopper.stop:
         sniff(opened_socket=sock, prn=on_packet, store=False, timeout=0.5)
     sock.close()
@@ -254,7 +291,7 @@ PEERS = {"pcapy": run_pcapy, "pcapy-parse": partial(run_pcapy, parse=True),
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=("batch", "iter", *PEERS))
+    ap.add_argument("mode", choices=("batch", "iter", "iter-batch", *PEERS))
     ap.add_argument("--group", "-g", type=int, required=True)
     ap.add_argument("--out", "-w", required=True, help="pcap file to write")
     ap.add_argument("--no-write", action="store_true",
@@ -265,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(default: the library's default)")
     args = ap.parse_args(argv)
 
+    faulthandler.enable()  # a peer's C crash (nflogr 0.2.12 here) leaves its trace in stderr
     stopper = Stopper()
     if args.mode in PEERS:
         t0 = time.monotonic()
@@ -275,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     from ipsec_nflog import Capture  # after the handlers: an early SIGINT is not a traceback
 
     t0 = time.monotonic()
-    if args.mode == "batch":
+    if args.mode in ("batch", "iter-batch"):
         out, writer = open_pcap(args.out, args.flush_interval)
     else:
         out, writer = RawPcap(args.out), "buffered file, one record per packet"
@@ -285,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         with Capture(groups=[args.group], **opts) as cap:
             if args.mode == "batch":
                 packets, extra = run_batch(cap, out, stopper)
+            elif args.mode == "iter-batch":
+                packets, extra = run_iter_batch(cap, out, stopper)
             else:
                 packets, extra = run_iter(cap, out, stopper, not args.no_write)
             st = cap.stats()

@@ -123,6 +123,9 @@ TOOLS: dict[str, Tool] = {
         Tool("iter", "Python per-packet iterator", ["{python}", "{consumers}", "iter",
                                                      "--group", "{group}", "--out", "{out}"],
              "capture"),
+        Tool("iter-batch", "Python per-packet iterator, each batch written by the library's "
+             "writer", ["{python}", "{consumers}", "iter-batch", "--group", "{group}", "--out",
+                        "{out}"], "capture"),
         Tool("cli-pcapng", "ipsec-nflog capture --pcapng -w",
              ["{cli}", "capture", "--pcapng", "-g", "{group}", "-w", "{out}"], "cli"),
         Tool("cli-raw", "ipsec-nflog capture --raw -w",
@@ -519,6 +522,10 @@ class Bench:
                     break
             if rusage is not None:
                 res.cpu_s = max(0.0, rusage.ru_utime + rusage.ru_stime - cpu0)
+            if proc.returncode is not None and proc.returncode < 0:  # not its own exit
+                name = signal.Signals(-proc.returncode).name
+                raise RuntimeError(f"reader died of {name} while capturing; stderr: "
+                                   f"{_tail(errf)}")
 
             # 5. count from the file
             if tool.count_from_claim:

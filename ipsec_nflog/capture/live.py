@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from functools import lru_cache
+from itertools import chain
 from typing import Any, Union
 
 from ipsec_nflog.capture.batch import Batch
@@ -244,6 +245,12 @@ class Capture:
         """Parsed packets until ``count`` are yielded, ``timeout`` seconds pass without the
         wanted packets, or the capture stops. Each packet owns its bytes."""
         self._require_packets()
+        # chain: the consumer's next() reaches the packet loop through C, not through a
+        # Python frame per batch level
+        return chain.from_iterable(self._packet_runs(count, timeout))
+
+    def _packet_runs(self, count: int | None, timeout: float | None
+                     ) -> Iterator[Iterator[Packet]]:
         deadline = None if timeout is None else time.monotonic() + timeout
         left = count
         while left is None or left > 0:
@@ -251,10 +258,9 @@ class Capture:
             batch = self.read_batch(max_packets=left or 65536, timeout=remaining)
             if batch is None:
                 return
-            count_in_batch = batch.count
-            yield from self._packets_of(batch.data, count_in_batch, release=batch)
             if left is not None:
-                left -= count_in_batch
+                left -= batch.count
+            yield self._packets_of(batch.data, batch.count, release=batch)
 
     def __iter__(self) -> Iterator[Packet]:
         return self.packets()
@@ -298,18 +304,17 @@ class Capture:
         """Packets from a run of ring records. C indexes every record's attributes in one
         call, so Python does no TLV walking; one copy of the run lets the ring space go
         back to the reader (``release``) before the first packet is yielded."""
-        if self.config.ring_format != "pcap":
-            if release is not None:
-                release.release()
-            self._require_packets()
+        if self.config.ring_format != "pcap" and release is not None:
+            release.release()
+        self._require_packets()
         ffi, lib = self._ffi, self._lib
         index = ffi.new("struct nfc_index[]", count)
         n = lib.nfc_index_records(ffi.from_buffer(view), len(view), count, index)
         data = view.tobytes()
         if release is not None:
             release.release()
-        rows = ffi.buffer(index, n * INDEX_ROW.size)[:]  # the packets keep it for cold fields
-        yield from packets_from_index(data, rows, self._ifname)
+        rows = ffi.buffer(index, n * INDEX_ROW.size)[:]
+        return packets_from_index(data, rows, self._ifname)
 
     def _require_packets(self) -> None:
         if self.config.ring_format != "pcap":

@@ -3,34 +3,29 @@ iterator's loop). Pure Python: the index is bytes here, laid out as codec.INDEX_
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
-from ipsec_nflog.nflog.codec import HOST, INDEX_HOT_ROW, INDEX_MALFORMED, INDEX_NO_HOOK, INDEX_ROW
+from ipsec_nflog.nflog.codec import HOST, INDEX_HOT_ROW, INDEX_MALFORMED, INDEX_NO_HOOK
 from ipsec_nflog.nflog.packet import IfnameResolver, Packet, default_ifname
 
 __all__ = ["LivePacket", "packets_from_index"]
 
+_HOST_LE = HOST == "<"
+
 
 class LivePacket(Packet):
     """A captured packet whose record the C core indexed: payload, prefix and hook were
-    taken from the index when it was made (plain attributes, no decoding on access); the
-    other fields read the index row on first use."""
+    taken from the index when it was made (plain attributes, no decoding on access). The
+    other fields index ``raw`` on first use, and ``_index`` and ``_ip`` stay unset until
+    then: every store saved here is saved once per packet."""
 
-    __slots__ = ("_row", "hook", "payload", "prefix")
-    _row: bytes  # this packet's index row (codec.INDEX_ROW): its own, so that keeping one
-    # packet does not keep the whole batch's index alive
+    __slots__ = ("hook", "payload", "prefix")
     payload: bytes | None
     prefix: str | None
     hook: int | None
-
-    def _full_index(self) -> Sequence[int]:
-        index = self._index
-        if index is None:
-            index = self._index = INDEX_ROW.unpack(self._row)
-        return index
+    _le = _HOST_LE  # a class attribute: the same for every live packet
 
 
-_HOST_LE = HOST == "<"
 _PREFIXES: dict[bytes, str] = {}  # decoded NFLOG prefixes: a capture has only a few
 _PREFIXES_MAX = 1024
 
@@ -44,10 +39,8 @@ def packets_from_index(run: bytes, index: bytes, ifname_resolver: IfnameResolver
     live, lazy = LivePacket.__new__, Packet.__new__
     resolver = ifname_resolver or default_ifname
     prefixes, no_hook = _PREFIXES, INDEX_NO_HOOK
-    size, at = INDEX_ROW.size, 0
     for start, caplen, sec, usec, olen, flags, poff, xoff, plen, xlen, hook in (
             INDEX_HOT_ROW.iter_unpack(index)):
-        row, at = index[at : at + size], at + size
         raw = run[start : start + caplen]
         if flags & INDEX_MALFORMED:
             q = lazy(Packet)
@@ -57,8 +50,7 @@ def packets_from_index(run: bytes, index: bytes, ifname_resolver: IfnameResolver
             continue
         p = live(LivePacket)
         p.raw, p.ts_sec, p.ts_usec, p.orig_len = raw, sec, usec, olen
-        p._index, p._row = None, row
-        p._le, p._ifname, p._ip = _HOST_LE, resolver, None
+        p._ifname = resolver
         p.payload = raw[poff : poff + plen] if poff else None
         if xoff:
             name = raw[xoff : xoff + xlen]

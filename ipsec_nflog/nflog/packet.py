@@ -167,9 +167,13 @@ class PacketBase:
     @property
     def ip(self) -> Any:
         """The payload decoded by dpkt (``dpkt.ip.IP`` or ``dpkt.ip6.IP6``), else ``None``."""
-        if self._ip is None:
-            self._ip = decode_ip(self.payload)
-        return self._ip
+        try:
+            ip = self._ip
+        except AttributeError:  # a live packet leaves it unset until first use
+            ip = None
+        if ip is None:
+            ip = self._ip = decode_ip(self.payload)
+        return ip
 
     def as_dict(self) -> dict[str, Any]:
         """Every field (:data:`AS_DICT_FIELDS`), for comparisons and JSON output."""
@@ -235,7 +239,10 @@ class Packet(PacketBase):
     def _full_index(self) -> Sequence[int]:
         """Value offsets by attribute type (codec.INDEX_ROW's shape); indexes ``raw``
         (validating every TLV) on first use."""
-        index = self._index
+        try:
+            index = self._index
+        except AttributeError:  # a live packet leaves it unset until first use
+            index = None
         if index is None:
             index = self._index = _build_index(self.raw, self._order)
         return index

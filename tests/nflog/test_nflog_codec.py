@@ -207,7 +207,8 @@ def c_index(ring: bytes, count: int) -> list[tuple[tuple[int, ...], bytes]]:
 
 def outcome(p: Packet) -> object:
     try:
-        return p.as_dict()
+        ip = p.ip  # a live packet decodes it from unset state, like its cold fields
+        return p.as_dict(), None if ip is None else bytes(ip)
     except ParseError:
         return ParseError
 
