@@ -2,7 +2,11 @@
 batch API of a baseline checkout (e.g. `git worktree add /tmp/old REV` with its own .venv)
 against this one, flat out at 64 B. Judges ratios to the bare C reader, never absolute times.
 
-    sudo .venv/bin/python benchmarks/ab.py /tmp/old [--repeats 6]
+    sudo .venv/bin/python benchmarks/ab.py /tmp/old [--readers cli,batch,iter,iter-batch]
+        [--repeats 6]
+
+Both builds run this checkout's benchmarks/consumers.py (the program is the benchmark's; the
+library under it is the build's).
 """
 
 from __future__ import annotations
@@ -18,15 +22,21 @@ import run  # benchmarks/run.py
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tools_for(label: str, root: str) -> list[run.Tool]:
+READERS = ("cli", "batch", "iter", "iter-batch")
+CONSUMERS = os.path.join(HERE, "benchmarks", "consumers.py")  # this one's, for both builds
+
+
+def tools_for(label: str, root: str, readers: list[str]) -> list[run.Tool]:
     py, cli = f"{root}/.venv/bin/python", f"{root}/.venv/bin/ipsec-nflog"
-    consumers = f"{root}/benchmarks/consumers.py"
-    return [
-        run.Tool(f"cli-{label}", f"capture -w ({label})",
-                 [cli, "capture", "-q", "-g", "{group}", "-w", "{out}"], "cref"),
-        run.Tool(f"batch-{label}", f"batch API ({label})",
-                 [py, consumers, "batch", "--group", "{group}", "--out", "{out}"], "cref"),
-    ]
+    tools = {
+        "cli": run.Tool(f"cli-{label}", f"capture -w ({label})",
+                        [cli, "capture", "-q", "-g", "{group}", "-w", "{out}"], "cref"),
+    }
+    for mode in READERS[1:]:
+        tools[mode] = run.Tool(f"{mode}-{label}", f"{run.TOOLS[mode].label} ({label})",
+                               [py, CONSUMERS, mode, "--group", "{group}", "--out", "{out}"],
+                               "cref")
+    return [tools[r] for r in readers]
 
 
 def main() -> int:
@@ -34,9 +44,18 @@ def main() -> int:
         print(__doc__, file=sys.stderr)
         return 2
     base = os.path.abspath(sys.argv[1])
-    a = run.parse_args(["--tools", "cref", "--sizes", "64", "--rates", "max", *sys.argv[2:]])
+    rest, readers = sys.argv[2:], ["cli", "batch"]
+    if "--readers" in rest:  # ab.py's own option: which readers of each build
+        i = rest.index("--readers")
+        readers = rest[i + 1].split(",")
+        del rest[i : i + 2]
+        if not readers or set(readers) - set(READERS):
+            print(f"--readers: a comma-separated list of {', '.join(READERS)}",
+                  file=sys.stderr)
+            return 2
+    a = run.parse_args(["--tools", "cref", "--sizes", "64", "--rates", "max", *rest])
     cref = run.TOOLS["cref"]
-    tools = [cref, *tools_for("baseline", base), *tools_for("this", HERE)]
+    tools = [cref, *tools_for("baseline", base, readers), *tools_for("this", HERE, readers)]
     bins, errors = run.build(a.outdir)
     run.probe_tools(tools, bins, errors, a.python)
     cpu: dict[str, list[float]] = {t.name: [] for t in tools}

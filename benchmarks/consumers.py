@@ -38,6 +38,7 @@ import argparse
 import faulthandler
 import json
 import os
+import select
 import signal
 import struct
 import sys
@@ -218,8 +219,22 @@ def run_pcapy(group: int, path: str, stopper: Stopper, parse: bool = False) -> i
         dumper.dump(header, data)
         packets += 1
 
+    # libpcap's nflog read blocks with no timeout once the load stops: wait on its fd, so
+    # that the stop signal is seen and the dumper flushed (else the benchmark's kill loses
+    # the dumper's unwritten tail)
+    p.setnonblock(1)
+    fd = p.getfd()
+    def dispatch() -> int:
+        try:
+            return int(p.dispatch(-1, on_packet))
+        except pcapy.PcapError:  # EAGAIN: libpcap's nflog read says nothing waits
+            return 0
+
     while not stopper.stop:
-        p.dispatch(-1, on_packet)
+        if dispatch() == 0:  # only then a select call: none per read under load
+            select.select([fd], [], [], 0.25)
+    while dispatch() > 0:
+        pass
     dumper.close()
     return packets
 

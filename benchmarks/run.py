@@ -630,7 +630,7 @@ def _tail(path: str, n: int = 300) -> str:
             s = f.read().strip()
     except OSError:
         return ""
-    return s[-n:].replace("\n", " | ")
+    return s[-n:].replace("|", "/").replace("\n", " / ")  # it goes into a table cell
 
 
 # --------------------------------------------------------------------------------------

@@ -230,3 +230,30 @@ def test_run_parses_rates() -> None:
     assert bench_run.fmt_rate(1_000_000) == "1M"
     assert bench_run.fmt_rate(0) == "max"
 
+
+
+def test_iterator_target_takes_our_better_iterator_against_the_best_peer() -> None:
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("bench_targets15", BENCH / "targets15.py")
+    assert spec and spec.loader
+    targets15 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(targets15)
+
+    class Cell:
+        def __init__(self, *cpu: float) -> None:
+            self.cpu = cpu
+
+        def vals(self, f: object) -> list[float]:
+            return [f(SimpleNamespace(cpu_us_per_pkt=c)) for c in self.cpu]  # type: ignore[operator]
+
+    cells = {("iter", 64, 0): Cell(3.0, 3.1), ("iter-batch", 64, 0): Cell(1.0, 1.1),
+             ("pcapy-parse", 64, 0): Cell(3.4, 3.5), ("scapy", 64, 0): Cell(300.0)}
+    *_, (what, text, verdict) = targets15._rate_rows(cells)
+    assert "3x the best Python peer" in what
+    assert verdict == "met" and text.startswith("3.29x: iter-batch") and "pcapy-parse" in text
+    del cells[("iter-batch", 64, 0)]
+    *_, (_, text, verdict) = targets15._rate_rows(cells)
+    assert verdict == "missed" and text.startswith("1.13x: iter ")
+    del cells[("pcapy-parse", 64, 0)], cells[("scapy", 64, 0)]
+    assert targets15._rate_rows(cells)[-1][1:] == ("not measured (no peer ran)", "—")
