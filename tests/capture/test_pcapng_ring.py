@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,19 @@ def ring_of(fmt: str) -> tuple[bytes, int, tuple[int, ...]]:
             return bytes(batch.data), batch.count, batch.groups
 
 
+def write_ring_file(path: Path, clock: Callable[[], float] = time.time) -> int:
+    """The datagrams through a pcapng ring into a pcapng file; returns the records written
+    (drain_into's count and the writer's own must agree)."""
+    with Capture._offline(CaptureConfig(groups=GROUPS, ring_format="pcapng",
+                                        epb_synth_options=EPB_SYNTH_OPTIONS)) as cap:
+        for d in datagrams():
+            cap._inject(d)
+        with open_writer(path, "pcapng", groups=GROUPS, clock=clock) as w:
+            n = cap.drain_into(w)
+            assert w.records_written == n
+            return n
+
+
 def test_the_pcapng_ring_holds_what_the_writers_make_from_a_pcap_ring() -> None:
     pcap, n, _ = ring_of("pcap")
     blocks, count, groups = ring_of("pcapng")
@@ -70,14 +85,8 @@ def test_the_pcapng_ring_holds_what_the_writers_make_from_a_pcap_ring() -> None:
 
 
 def test_a_pcapng_writer_writes_the_blocks_as_they_are(tmp_path: Path) -> None:
-    with Capture._offline(CaptureConfig(groups=GROUPS, ring_format="pcapng",
-                                        epb_synth_options=EPB_SYNTH_OPTIONS)) as cap:
-        for d in datagrams():
-            cap._inject(d)
-        path = tmp_path / "ring.pcapng"
-        with open_writer(path, "pcapng", groups=GROUPS, clock=lambda: 1.5e9) as w:
-            assert cap.drain_into(w) == 7
-            assert w.records_written == 7
+    path = tmp_path / "ring.pcapng"
+    assert write_ring_file(path, clock=lambda: 1.5e9) == 7
     # the same as the file written from a pcap ring through the writer's own framing
     pcap, n, _ = ring_of("pcap")
     other = tmp_path / "framed.pcapng"
@@ -94,13 +103,8 @@ def test_a_pcapng_writer_writes_the_blocks_as_they_are(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
 def test_tshark_reads_the_ring_blocks(tmp_path: Path) -> None:
-    with Capture._offline(CaptureConfig(groups=GROUPS, ring_format="pcapng",
-                                        epb_synth_options=EPB_SYNTH_OPTIONS)) as cap:
-        for d in datagrams():
-            cap._inject(d)
-        path = tmp_path / "ring.pcapng"
-        with open_writer(path, "pcapng", groups=GROUPS) as w:
-            cap.drain_into(w)
+    path = tmp_path / "ring.pcapng"
+    write_ring_file(path)
     out = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e",
                           "frame.interface_name", "-e", "frame.comment"],
                          capture_output=True, text=True, timeout=120, check=True).stdout
