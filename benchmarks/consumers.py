@@ -91,25 +91,33 @@ class Stopper:
         self.stop = True
 
 
-def run_batch(cap: Any, out: Any, stopper: Stopper) -> tuple[int, int]:
-    packets = batches = 0
-    write = out.write_records
+def each_batch(cap: Any, out: Any, stopper: Stopper, take: Any) -> None:
+    """Every batch to ``take`` until the stop signal, then the rest of the ring (the
+    benchmark waited for the kernel to flush already); the writer's idle work in between."""
     idle = getattr(out, "flush_if_due", lambda: None)
     while not stopper.stop:
         batch = cap.read_batch(timeout=0.25)
         if batch is None:
             idle()
             continue
-        write(batch.data, batch.count)
-        packets += batch.count
-        batches += 1
-        batch.release()
-    cap.stop(drain=0.0)  # the benchmark waited for the kernel to flush already
+        take(batch)
+    cap.stop(drain=0.0)
     while (batch := cap.read_batch(timeout=0)) is not None:
+        take(batch)
+
+
+def run_batch(cap: Any, out: Any, stopper: Stopper) -> tuple[int, int]:
+    packets = batches = 0
+    write = out.write_records
+
+    def take(batch: Any) -> None:
+        nonlocal packets, batches
         write(batch.data, batch.count)
         packets += batch.count
         batches += 1
         batch.release()
+
+    each_batch(cap, out, stopper, take)
     return packets, batches
 
 
@@ -176,13 +184,7 @@ def run_iter_batch(cap: Any, out: Any, stopper: Stopper) -> tuple[int, int]:
         packets, payload_bytes = packets + n, payload_bytes + b
         batch.release()
 
-    while not stopper.stop:
-        batch = cap.read_batch(timeout=0.25)
-        if batch is not None:
-            take(batch)
-    cap.stop(drain=0.0)
-    while (batch := cap.read_batch(timeout=0)) is not None:
-        take(batch)
+    each_batch(cap, out, stopper, take)
     return packets, payload_bytes
 
 
@@ -229,6 +231,7 @@ def run_pcapy(group: int, path: str, stopper: Stopper, parse: bool = False) -> i
     # the dumper's unwritten tail)
     p.setnonblock(1)
     fd = p.getfd()
+
     def dispatch() -> int:
         try:
             return int(p.dispatch(-1, on_packet))
