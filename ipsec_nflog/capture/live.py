@@ -24,8 +24,8 @@ from ipsec_nflog.capture.errmap import raise_for_errno
 from ipsec_nflog.capture.filter import Filter
 from ipsec_nflog.capture.select import hook_mask
 from ipsec_nflog.capture.stats import CaptureStats, GroupStats
-from ipsec_nflog.nflog.codec import INDEX_ROW
-from ipsec_nflog.nflog.live_packet import packets_from_index
+from ipsec_nflog.nflog.codec import PACKET_ROW, PREFIX_SPAN, ROW_PREFIXES
+from ipsec_nflog.nflog.live_packet import packets_from_rows
 from ipsec_nflog.nflog.packet import IfnameResolver, Packet
 from ipsec_nflog.system.netns import interface_index, open_netns, run_in_netns
 
@@ -243,7 +243,9 @@ class Capture:
     def packets(self, count: int | None = None,
                 timeout: float | None = None) -> Iterator[Packet]:
         """Parsed packets until ``count`` are yielded, ``timeout`` seconds pass without the
-        wanted packets, or the capture stops. Each packet owns its bytes."""
+        wanted packets, or the capture stops. The packets of one batch share one copy of its
+        records, apart from the ring: keeping a packet keeps that copy, and ``copy.copy(pkt)``
+        is a packet that owns only its own bytes."""
         self._require_packets()
         # chain: the consumer's next() reaches the packet loop through C, not through a
         # Python frame per batch level
@@ -301,20 +303,22 @@ class Capture:
 
     def _packets_of(self, view: memoryview, count: int,
                     release: Batch | None = None) -> Iterator[Packet]:
-        """Packets from a run of ring records. C indexes every record's attributes in one
-        call, so Python does no TLV walking; one copy of the run lets the ring space go
-        back to the reader (``release``) before the first packet is yielded."""
+        """Packets from a run of ring records. C makes every record's row in one call, so
+        Python does no TLV walking; one copy of the run, which its packets share, lets the
+        ring space go back to the reader (``release``) before the first packet is yielded."""
         if self.config.ring_format != "pcap" and release is not None:
             release.release()
         self._require_packets()
         ffi, lib = self._ffi, self._lib
-        index = ffi.new("struct nfc_index[]", count)
-        n = lib.nfc_index_records(ffi.from_buffer(view), len(view), count, index)
+        rows = ffi.new("struct nfc_packet_row[]", count)
+        spans = ffi.new("struct nfc_span[]", ROW_PREFIXES)
+        nspans = ffi.new("uint32_t *")
+        n = lib.nfc_packet_rows(ffi.from_buffer(view), len(view), count, rows, spans, nspans)
         data = view.tobytes()
         if release is not None:
             release.release()
-        rows = ffi.buffer(index, n * INDEX_ROW.size)[:]
-        return packets_from_index(data, rows, self._ifname)
+        return packets_from_rows(data, ffi.buffer(rows, n * PACKET_ROW.size)[:],
+                                 ffi.buffer(spans, nspans[0] * PREFIX_SPAN.size)[:], self._ifname)
 
     def _require_packets(self) -> None:
         if self.config.ring_format != "pcap":

@@ -8,13 +8,12 @@ group, big-endian) and then TLVs (``struct nlattr``: ``nla_len`` and ``nla_type`
 order of the capturing host, the value in network order, each attribute padded to 4 bytes).
 
 :func:`walk_tlvs` follows the C core's walk (``nfc_attr_at`` in capture/_csrc/core.h, used by
-``nfc_index_records`` in record.c): an attribute is read while its 4-byte header fits; one
+``nfc_packet_rows`` in record.c): an attribute is read while its 4-byte header fits; one
 whose ``nla_len`` is below 4 or runs past the end stops the walk (malformed); the flags
 ``NLA_F_NESTED``/``NLA_F_NET_BYTEORDER`` are masked off the type. A last attribute need not be
-padded. The C indexer flags a record with any byte left after the walk, or an attribute
-beyond offset 65535 (its slots are 16-bit), and Python then walks it here: 1-3 zero bytes
-after the last attribute are padding, any other leftover is malformed.
-:func:`walk_records` walks the records of a run the way ``nfc_index_records`` does.
+padded. The C core sends a record with any byte left after the walk to Python, which walks it
+here: 1-3 zero bytes after the last attribute are padding, any other leftover is malformed.
+:func:`walk_records` walks the records of a run the way ``nfc_packet_rows`` does.
 
 Pure Python; never imports the compiled core.
 """
@@ -30,10 +29,6 @@ __all__ = [
     "ATTR_NAMES",
     "HOST",
     "INDEX_HEADER_WORDS",
-    "INDEX_HOT_ROW",
-    "INDEX_MALFORMED",
-    "INDEX_NO_HOOK",
-    "INDEX_ROW",
     "INDEX_SLOTS",
     "INDEX_UNKNOWN",
     "NFGENMSG_LEN",
@@ -42,7 +37,12 @@ __all__ = [
     "NLA_F_NET_BYTEORDER",
     "NLA_HDRLEN",
     "NLA_TYPE_MASK",
+    "PACKET_ROW",
+    "PREFIX_SPAN",
     "RECORD_HEADER",
+    "ROW_NO_HOOK",
+    "ROW_PREFIXES",
+    "ROW_SLOW",
     "Buffer",
     "ParseError",
     "RecordError",
@@ -92,19 +92,23 @@ NLA_F_NESTED = 0x8000
 NLA_F_NET_BYTEORDER = 0x4000
 NLA_TYPE_MASK = ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER) & 0xFFFF
 
-# ``struct nfc_index`` (capture/_csrc/nflog_core.h), the C indexer's row as a tuple: these
-# header words (body_off, caplen, ts_sec, ts_usec, orig_len), then INDEX_SLOTS value offsets
-# by attribute type; slot 0 holds the flags. tests/test_nflog_codec.py checks them against C.
+# A parsed packet's index of its body (Packet._full_index): these header words (body_off,
+# caplen, ts_sec, ts_usec, orig_len), then INDEX_SLOTS value offsets by attribute type;
+# slot 0 holds the flags.
 INDEX_HEADER_WORDS = 5
 INDEX_SLOTS = 22
 INDEX_UNKNOWN = 1  # an attribute type without a slot
-INDEX_MALFORMED = 2  # C could not index the record: Python walks it (walk_tlvs)
-INDEX_NO_HOOK = 0xFFFF  # the row's hook when there is no packet header
-# The whole row, and the part the per-packet iterator unpacks for every packet: (body_off,
-# caplen, ts_sec, ts_usec, orig_len, flags, payload offset, prefix offset, payload length,
-# prefix length up to its NUL, hook); the other slots are skipped.
-INDEX_ROW = struct.Struct(f"=5I{INDEX_SLOTS}H4H")
-INDEX_HOT_ROW = struct.Struct("=5IH16xHH22xHHH2x")
+
+# ``struct nfc_packet_row`` and ``struct nfc_span`` (capture/_csrc/nflog_core.h), what the C
+# core hands the per-packet iterator for a run of records: (record offset, ts_sec, ts_usec,
+# orig_len, payload start or 0, payload end, flags, prefix entry, hook) per record, and the
+# run's prefix table as (start, end) spans. tests/nflog/test_nflog_codec.py checks them
+# against C.
+PACKET_ROW = struct.Struct("=6IBBH")
+PREFIX_SPAN = struct.Struct("=II")
+ROW_SLOW = 1  # C could not index the record, or its prefix table was full: Python parses it
+ROW_NO_HOOK = 0xFFFF  # the row's hook when there is no packet header
+ROW_PREFIXES = 16  # entries of a run's prefix table
 
 RECORD_HEADER = struct.Struct("=IIII")
 """ts_sec, ts_usec, caplen, orig_len of a ring record (host order)."""

@@ -1,66 +1,95 @@
-"""Captured packets built from the C core's index of a run of ring records (the per-packet
-iterator's loop). Pure Python: the index is bytes here, laid out as codec.INDEX_ROW says."""
+"""Captured packets built from the rows the C core makes for a run of ring records (the
+per-packet iterator's loop). Pure Python: the rows are bytes here, laid out as
+codec.PACKET_ROW and codec.PREFIX_SPAN say."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ipsec_nflog.nflog.codec import HOST, INDEX_HOT_ROW, INDEX_MALFORMED, INDEX_NO_HOOK
+from ipsec_nflog.nflog.codec import (
+    HOST,
+    PACKET_ROW,
+    PREFIX_SPAN,
+    RECORD_HEADER,
+    ROW_NO_HOOK,
+)
 from ipsec_nflog.nflog.packet import IfnameResolver, Packet, default_ifname
 
-__all__ = ["LivePacket", "packets_from_index"]
+__all__ = ["LivePacket", "packets_from_rows"]
 
 _HOST_LE = HOST == "<"
+_HEADER = RECORD_HEADER.unpack_from
+_BODY = RECORD_HEADER.size  # a record's body follows its header
 
 
 class LivePacket(Packet):
-    """A captured packet whose record the C core indexed: payload, prefix and hook were
-    taken from the index when it was made (plain attributes, no decoding on access). The
-    other fields index ``raw`` on first use, and ``_index`` and ``_ip`` stay unset until
-    then: every store saved here is saved once per packet."""
+    """A captured packet: payload, prefix, hook, the timestamps and ``orig_len`` are plain
+    attributes set when it was made. The packets of one run share one copy of its records
+    (``_run``; this packet's record is at ``_at``), from which ``raw`` is sliced on first
+    use; the other fields index ``raw`` then. Keeping one packet keeps its run's copy;
+    ``copy.copy(pkt)`` is a :class:`Packet` that owns only its own bytes."""
 
-    __slots__ = ("hook", "payload", "prefix")
+    __slots__ = ("_at", "_raw", "_run", "hook", "payload", "prefix")
+    _run: bytes
+    _at: int
+    _raw: bytes | None
     payload: bytes | None
     prefix: str | None
     hook: int | None
     _le = _HOST_LE  # a class attribute: the same for every live packet
+
+    @property
+    def raw(self) -> bytes:  # type: ignore[override]  # read-only here: the run is shared
+        raw = self._raw
+        if raw is None:
+            at = self._at
+            raw = self._raw = self._run[at + _BODY : at + _BODY + _HEADER(self._run, at)[2]]
+        return raw
+
+    def __reduce__(self) -> tuple[type[Packet], tuple[bytes, int, int, int]]:
+        # copies and pickles hold this packet's bytes, not its run (nor the live resolver)
+        return Packet, (self.raw, self.ts_sec, self.ts_usec, self.orig_len)
 
 
 _PREFIXES: dict[bytes, str] = {}  # decoded NFLOG prefixes: a capture has only a few
 _PREFIXES_MAX = 1024
 
 
-def packets_from_index(run: bytes, index: bytes, ifname_resolver: IfnameResolver | None
-                       ) -> Iterator[Packet]:
-    """The live packets of a run of ring records whose attributes the C core already
-    found: ``index`` holds one ``struct nfc_index`` per record (codec.INDEX_ROW). The loop
-    of the per-packet iterator: one object per packet, with payload, prefix and hook
-    already in place (a record C could not index gets the lazy, validating parser)."""
-    live, lazy = LivePacket.__new__, Packet.__new__
+def _prefix_text(value: bytes) -> str:
+    text = _PREFIXES.get(value)
+    if text is None:
+        if len(_PREFIXES) >= _PREFIXES_MAX:
+            _PREFIXES.clear()
+        text = _PREFIXES[value] = value.decode("utf-8", "replace")
+    return text
+
+
+def packets_from_rows(run: bytes, rows: bytes, prefixes: bytes,
+                      ifname_resolver: IfnameResolver | None) -> Iterator[Packet]:
+    """The packets of a run of ring records, from the C core's rows for it (one
+    ``struct nfc_packet_row`` per record) and its prefix table (``struct nfc_span``s). The
+    loop of the per-packet iterator: one object and one slice per packet. A record the C
+    core could not index gets the lazy, validating parser."""
+    live = LivePacket.__new__
     resolver = ifname_resolver or default_ifname
-    prefixes, no_hook = _PREFIXES, INDEX_NO_HOOK
-    for start, caplen, sec, usec, olen, flags, poff, xoff, plen, xlen, hook in (
-            INDEX_HOT_ROW.iter_unpack(index)):
-        raw = run[start : start + caplen]
-        if flags & INDEX_MALFORMED:
-            q = lazy(Packet)
-            q.raw, q.ts_sec, q.ts_usec, q.orig_len = raw, sec, usec, olen
-            q._index, q._le, q._ifname, q._ip = None, _HOST_LE, resolver, None
-            yield q
+    texts: list[str | None] = [None]
+    texts += [_prefix_text(run[s:e]) for s, e in PREFIX_SPAN.iter_unpack(prefixes)]
+    no_hook = ROW_NO_HOOK
+    # one statement per store: a tuple assignment of four or more builds a tuple
+    for at, sec, usec, olen, start, end, slow, prefix, hook in PACKET_ROW.iter_unpack(rows):
+        if slow:
+            caplen = _HEADER(run, at)[2]
+            yield Packet(run[at + _BODY : at + _BODY + caplen], sec, usec, olen, HOST, resolver)
             continue
         p = live(LivePacket)
-        p.raw, p.ts_sec, p.ts_usec, p.orig_len = raw, sec, usec, olen
+        p._run = run
+        p._at = at
+        p._raw = None
         p._ifname = resolver
-        p.payload = raw[poff : poff + plen] if poff else None
-        if xoff:
-            name = raw[xoff : xoff + xlen]
-            text = prefixes.get(name)
-            if text is None:
-                if len(prefixes) >= _PREFIXES_MAX:
-                    prefixes.clear()
-                text = prefixes[name] = name.decode("utf-8", "replace")
-            p.prefix = text
-        else:
-            p.prefix = None
+        p.ts_sec = sec
+        p.ts_usec = usec
+        p.orig_len = olen
+        p.payload = run[start:end] if start else None
+        p.prefix = texts[prefix]
         p.hook = None if hook == no_hook else hook
         yield p

@@ -237,7 +237,7 @@ class Packet(PacketBase):
         return "<" if self._le else ">"
 
     def _full_index(self) -> Sequence[int]:
-        """Value offsets by attribute type (codec.INDEX_ROW's shape); indexes ``raw``
+        """Value offsets by attribute type (codec's INDEX_* shape); indexes ``raw``
         (validating every TLV) on first use."""
         try:
             index = self._index
@@ -365,7 +365,7 @@ class Packet(PacketBase):
 
 
 def _build_index(raw: Buffer, order: str) -> list[int]:
-    """The pure-Python twin of the C core's nfc_index_records for one body: value offsets
+    """The index of one body, by the walk the C core's nfc_packet_rows makes: value offsets
     by attribute type (0: absent), flags in slot 0. Raises ParseError on bad TLVs."""
     index = [0] * (INDEX_HEADER_WORDS + INDEX_SLOTS)
     for atype, value, _ in walk_tlvs(raw, order):

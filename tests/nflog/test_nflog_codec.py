@@ -1,11 +1,14 @@
 """The NFLOG codec (ipsec_nflog.nflog.codec): the TLV walker and the record iterator by table,
-and the C indexer (nfc_index_records) against the Python index (Packet's pure path) on the
-real kernel records in tests/fixtures/*.rec and on randomly mutated copies of them."""
+and the C core's rows for the per-packet iterator (nfc_packet_rows) against the Python parser
+(Packet's pure path) on the real kernel records in tests/fixtures/*.rec and on randomly
+mutated copies of them."""
 
 from __future__ import annotations
 
+import copy
 import glob
 import os
+import pickle
 import random
 import struct
 import sys
@@ -14,27 +17,25 @@ from dataclasses import dataclass
 
 import pytest
 
-from ipsec_nflog.nflog import packet as packet_module
 from ipsec_nflog.nflog.codec import (
     HOST,
-    INDEX_HEADER_WORDS,
-    INDEX_HOT_ROW,
-    INDEX_MALFORMED,
-    INDEX_NO_HOOK,
-    INDEX_ROW,
     INDEX_SLOTS,
-    INDEX_UNKNOWN,
     NFULA,
     NLA_F_NESTED,
     NLA_F_NET_BYTEORDER,
+    PACKET_ROW,
+    PREFIX_SPAN,
     RECORD_HEADER,
+    ROW_NO_HOOK,
+    ROW_PREFIXES,
+    ROW_SLOW,
     ParseError,
     RecordError,
     TlvError,
     walk_records,
     walk_tlvs,
 )
-from ipsec_nflog.nflog.live_packet import packets_from_index
+from ipsec_nflog.nflog.live_packet import LivePacket, packets_from_rows
 from ipsec_nflog.nflog.packet import Packet
 
 FIXTURE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
@@ -194,15 +195,28 @@ def mutate(rec: bytes, rng: random.Random) -> bytes:
     return RECORD_HEADER.pack(sec, usec, len(body), orig_len) + bytes(body)
 
 
-def c_index(ring: bytes, count: int) -> list[tuple[tuple[int, ...], bytes]]:
-    """Each record's C index row, as fields and as the bytes the iterator reads."""
+@dataclass(frozen=True)
+class Rows:
+    """What nfc_packet_rows made for a run: the rows as tuples and as bytes, the prefix
+    table's bytes and its prefixes."""
+
+    rows: list[tuple[int, ...]]
+    row_bytes: bytes
+    span_bytes: bytes
+    prefixes: list[bytes]
+
+
+def c_rows(ring: bytes, count: int) -> Rows:
     from ipsec_nflog.capture._native import ffi, lib
 
-    rows = ffi.new("struct nfc_index[]", count)
-    n = lib.nfc_index_records(ffi.from_buffer(ring), len(ring), count, rows)
-    size = INDEX_ROW.size
-    return [((r.body_off, r.caplen, r.ts_sec, r.ts_usec, r.orig_len, *r.attr), bytes(
-        ffi.buffer(rows + i, size))) for i, r in enumerate(rows[0:n])]
+    rows = ffi.new("struct nfc_packet_row[]", count)
+    spans = ffi.new("struct nfc_span[]", ROW_PREFIXES)
+    nspans = ffi.new("uint32_t *")
+    n = lib.nfc_packet_rows(ffi.from_buffer(ring), len(ring), count, rows, spans, nspans)
+    row_bytes = ffi.buffer(rows, n * PACKET_ROW.size)[:]
+    span_bytes = ffi.buffer(spans, nspans[0] * PREFIX_SPAN.size)[:]
+    return Rows(list(PACKET_ROW.iter_unpack(row_bytes)), row_bytes, span_bytes,
+                [ring[a:b] for a, b in PREFIX_SPAN.iter_unpack(span_bytes)])
 
 
 def outcome(p: Packet) -> object:
@@ -213,38 +227,57 @@ def outcome(p: Packet) -> object:
         return ParseError
 
 
+def prefix_bytes(pure: Packet) -> bytes | None:
+    """The prefix as the C core stores it: its bytes up to the NUL."""
+    value = pure._get(NFULA.PREFIX)
+    return None if value is None else value.split(b"\0", 1)[0]
+
+
 def assert_agree(recs: list[bytes]) -> int:
-    """C and Python index every record alike; returns how many C found malformed."""
+    """C's rows and the Python parser agree on every record, and so do the live packets made
+    from the rows and the pure ones; returns how many records C left to Python."""
     ring = b"".join(recs)
-    rows = c_index(ring, len(recs))
+    made = c_rows(ring, len(recs))
     records = list(walk_records(ring))
-    assert len(rows) == len(records) == len(recs)
-    malformed = 0
-    for (row, row_bytes), (sec, usec, caplen, orig_len, body) in zip(rows, records,
-                                                                        strict=True):
-        assert row[:INDEX_HEADER_WORDS] == (body, caplen, sec, usec, orig_len)
+    assert len(made.rows) == len(records) == len(recs)
+    assert len(set(made.prefixes)) == len(made.prefixes) <= ROW_PREFIXES
+    slow = 0
+    live = list(packets_from_rows(ring, made.row_bytes, made.span_bytes, None))
+    for row, (sec, usec, caplen, orig_len, body), packet in zip(made.rows, records, live,
+                                                                 strict=True):
+        at, ts_sec, ts_usec, olen, start, end, flags, prefix, hook = row
+        assert (ts_sec, ts_usec, olen) == (sec, usec, orig_len)
+        assert at == body - RECORD_HEADER.size
         raw = ring[body : body + caplen]
-        flags = row[INDEX_HEADER_WORDS]
-        try:
-            python = packet_module._build_index(raw, HOST)
-        except ParseError:
-            python = None
-        if flags & INDEX_MALFORMED:
-            malformed += 1
-            # C gives up on any byte after the walk; Python accepts 1-3 zero bytes of padding
-            if python is not None:
-                walked = list(walk_tlvs(raw, HOST))
-                end = walked[-1][1] + ((walked[-1][2] + 3) & ~3) if walked else 4
-                assert 0 < len(raw) - end < 4 and not any(raw[end:]), raw.hex()
-        else:
-            assert python is not None, raw.hex()
-            assert tuple(python) == (0,) * INDEX_HEADER_WORDS + row[INDEX_HEADER_WORDS:], raw.hex()
-        # what a user sees: the live (C-indexed) packet and the file (pure) packet are alike
-        live = next(packets_from_index(ring, row_bytes, None))
-        assert live.raw == raw
         pure = Packet(raw, sec, usec, orig_len, HOST, None)
-        assert outcome(live) == outcome(pure), raw.hex()
-    return malformed
+        try:
+            pure.validate()
+            valid = True
+        except ParseError:
+            valid = False
+        if flags & ROW_SLOW:
+            slow += 1
+            assert not isinstance(packet, LivePacket)
+            walked = list(walk_tlvs(raw, HOST, strict=False))
+            end_of_walk = walked[-1][1] + ((walked[-1][2] + 3) & ~3) if walked else 4
+            if valid and end_of_walk < len(raw):
+                # C gives up on any byte after the walk; Python accepts 1-3 zero bytes
+                assert 0 < len(raw) - end_of_walk < 4 and not any(raw[end_of_walk:])
+            elif valid:  # the run had more distinct prefixes than the table holds
+                assert len(made.prefixes) == ROW_PREFIXES
+                assert prefix_bytes(pure) not in made.prefixes, raw.hex()
+        else:
+            assert valid, raw.hex()
+            assert isinstance(packet, LivePacket)
+            payload = pure.payload
+            assert (ring[start:end] if start else None) == payload, raw.hex()
+            assert (made.prefixes[prefix - 1] if prefix else None) == prefix_bytes(pure)
+            assert (None if hook == ROW_NO_HOOK else hook) == pure.hook, raw.hex()
+        # what a user sees: the live packet and the file (pure) packet are alike
+        assert (packet.raw, packet.ts_sec, packet.ts_usec, packet.orig_len) == (
+            raw, sec, usec, orig_len)
+        assert outcome(packet) == outcome(Packet(raw, sec, usec, orig_len, HOST, None)), raw.hex()
+    return slow
 
 
 needs_little_endian = pytest.mark.skipif(sys.byteorder != "little",
@@ -252,44 +285,87 @@ needs_little_endian = pytest.mark.skipif(sys.byteorder != "little",
 
 
 @pytest.mark.requires_core
-def test_index_layout_matches_the_c_header() -> None:
+def test_row_layout_matches_the_c_header() -> None:
     from ipsec_nflog.capture._native import ffi, lib
 
-    assert (lib.NFC_IDX_SLOTS, lib.NFC_IDX_UNKNOWN, lib.NFC_IDX_MALFORMED) == (
-        INDEX_SLOTS, INDEX_UNKNOWN, INDEX_MALFORMED)
-    assert ffi.sizeof("struct nfc_index") == INDEX_ROW.size == 4 * INDEX_HEADER_WORDS + 2 * (
-        INDEX_SLOTS + 4)
-    assert lib.NFC_IDX_NO_HOOK == INDEX_NO_HOOK
-    # the iterator's part of a row: the payload and prefix slots, then the ready values
-    hot = INDEX_ROW.unpack(bytes(range(INDEX_ROW.size)))
-    h = INDEX_HEADER_WORDS
-    assert INDEX_HOT_ROW.unpack(bytes(range(INDEX_ROW.size))) == (
-        *hot[:h + 1], hot[h + NFULA.PAYLOAD], hot[h + NFULA.PREFIX], *hot[h + INDEX_SLOTS:][:3])
-    assert len(ffi.new("struct nfc_index *").attr) == INDEX_SLOTS
+    assert (lib.NFC_ROW_SLOW, lib.NFC_ROW_NO_HOOK, lib.NFC_ROW_PREFIXES) == (
+        ROW_SLOW, ROW_NO_HOOK, ROW_PREFIXES)
+    assert ffi.sizeof("struct nfc_packet_row") == PACKET_ROW.size == 28
+    assert ffi.sizeof("struct nfc_span") == PREFIX_SPAN.size
+    fields = ("rec_off", "ts_sec", "ts_usec", "orig_len", "payload_start", "payload_end",
+              "flags", "prefix", "hook")
+    row = ffi.new("struct nfc_packet_row *", {f: i + 1 for i, f in enumerate(fields)})
+    assert PACKET_ROW.unpack(ffi.buffer(row)[:]) == tuple(range(1, len(fields) + 1))
+    span = ffi.new("struct nfc_span *", {"start": 7, "end": 8})
+    assert PREFIX_SPAN.unpack(ffi.buffer(span)[:]) == (7, 8)
 
 
 @needs_little_endian
 @pytest.mark.requires_core
-def test_c_and_python_index_agree_on_kernel_fixtures() -> None:
+def test_c_and_python_agree_on_kernel_fixtures() -> None:
     recs = fixture_records()
     assert len(recs) >= 7
     assert assert_agree(recs) == 0
-    unknown = [r for r, _ in c_index(b"".join(recs), len(recs))
-               if r[INDEX_HEADER_WORDS] & INDEX_UNKNOWN]
-    assert len(unknown) == 1  # nflog_unknown_attr.rec
+    ring = b"".join(recs)
+    made = c_rows(ring, len(recs))
+    live = list(packets_from_rows(ring, made.row_bytes, made.span_bytes, None))
+    assert sum(1 for p in live if p.unknown) == 1  # nflog_unknown_attr.rec
+    assert all(isinstance(p, LivePacket) for p in live)
+    assert {p.prefix for p in live} - {None}  # the fixtures carry prefixes
 
 
 @needs_little_endian
 @pytest.mark.requires_core
 @pytest.mark.parametrize("seed", range(4))
-def test_c_and_python_index_agree_on_mutated_fixtures(seed: int) -> None:
+def test_c_and_python_agree_on_mutated_fixtures(seed: int) -> None:
     rng = random.Random(seed)
     recs = [mutate(rec, rng) for rec in fixture_records() for _ in range(150)]
-    malformed = assert_agree(recs)
-    assert 0 < malformed < len(recs)  # the mutations hit both sides of the rules
+    slow = assert_agree(recs)
+    assert 0 < slow < len(recs)  # the mutations hit both sides of the rules
+
+
+def prefixed(text: bytes, hook: int = 3) -> bytes:
+    """A record with a packet header (``hook``), a prefix and a 20-byte IPv4 payload."""
+    ip = bytes([0x45, 0, 0, 20]) + bytes(16)
+    return record(NFGENMSG + tlv(NFULA.PACKET_HDR, struct.pack(">HBB", 0x0800, hook, 0))
+                  + tlv(NFULA.PREFIX, text + b"\0") + tlv(NFULA.PAYLOAD, ip))
 
 
 @pytest.mark.requires_core
-def test_c_and_python_index_agree_on_the_table() -> None:
+def test_prefix_table_shares_repeats_and_overflows_to_python() -> None:
+    names = [f"rule-{i}".encode() for i in range(ROW_PREFIXES + 4)]
+    # alternating prefixes share entries; beyond the table's size, Python parses the record
+    recs = [prefixed(n) for n in names[:2] * 3] + [prefixed(n) for n in names]
+    ring = b"".join(recs)
+    made = c_rows(ring, len(recs))
+    assert made.prefixes == names[:ROW_PREFIXES]
+    assert [r[7] for r in made.rows[:6]] == [1, 2, 1, 2, 1, 2]
+    assert sum(r[6] & ROW_SLOW for r in made.rows) == 4
+    assert assert_agree(recs) == 4
+    live = list(packets_from_rows(ring, made.row_bytes, made.span_bytes, None))
+    assert [p.prefix for p in live] == [n.decode() for n in names[:2] * 3 + names]
+    assert {p.hook for p in live} == {3}
+
+
+@pytest.mark.requires_core
+def test_live_packet_copies_and_pickles_own_only_their_bytes() -> None:
+    names = [b"out-of-the-first", b"in-of-the-second"]
+    recs = [prefixed(names[0], 3), prefixed(names[1], 1)]
+    ring = b"".join(recs)
+    made = c_rows(ring, len(recs))
+    live = list(packets_from_rows(ring, made.row_bytes, made.span_bytes, None))
+    for packet, not_its_own in zip(live, reversed(names), strict=True):
+        assert not_its_own not in pickle.dumps(packet)  # its bytes, not the run's
+        for other in (copy.copy(packet), pickle.loads(pickle.dumps(packet))):
+            assert type(other) is Packet
+            assert outcome(other) == outcome(packet)
+            assert (other.raw, other.ts_sec, other.ts_usec, other.orig_len) == (
+                packet.raw, packet.ts_sec, packet.ts_usec, packet.orig_len)
+    with pytest.raises(AttributeError):
+        live[0].raw = b"other"  # the shared run is read-only
+
+
+@pytest.mark.requires_core
+def test_c_and_python_agree_on_the_table() -> None:
     assert assert_agree([record(case.body(HOST)) for case in CASES]) == sum(
         case.error is not None or case.name.startswith("trailing") for case in CASES)

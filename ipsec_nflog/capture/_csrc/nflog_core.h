@@ -148,30 +148,33 @@ int nfc_stop(struct nfc_capture *c);
 /* Stop, close the sockets (the kernel drops the group bindings) and free. */
 void nfc_close(struct nfc_capture *c);
 
-/* Per-record index for the Python per-packet path, so Python never walks TLVs itself:
- * attr[t] is the offset of attribute t's value within the body (0: absent); attr[0]
- * holds NFC_IDX_* flags that send Python to its full parser. Then what nearly every
- * consumer reads, ready to use: the payload's length, the prefix's up to its NUL, and the
- * hook (NFC_IDX_NO_HOOK: no packet header). 72 bytes, no padding. */
-#define NFC_IDX_SLOTS 22
-#define NFC_IDX_UNKNOWN 1u   /* an attribute type the index has no slot for */
-#define NFC_IDX_MALFORMED 2u /* bad TLV lengths or an offset beyond 65535 */
-struct nfc_index {
-    uint32_t body_off; /* from the start of buf */
-    uint32_t caplen;
+/* The per-packet iterator's row for one record, so Python never walks TLVs itself and
+ * makes one object and one slice per packet: where the record and its payload are in buf,
+ * the record header's values, its prefix as an entry of the run's prefix table, and its
+ * hook. 28 bytes, no padding. */
+#define NFC_ROW_SLOW 1u /* bad TLV lengths or trailing bytes, or more distinct prefixes in
+                         * the run than the table holds: Python's validating parser */
+#define NFC_ROW_NO_HOOK 0xffffu /* no packet header */
+#define NFC_ROW_PREFIXES 16
+struct nfc_packet_row {
+    uint32_t rec_off; /* the record's pcap header, from the start of buf */
     uint32_t ts_sec;
     uint32_t ts_usec;
     uint32_t orig_len;
-    uint16_t attr[NFC_IDX_SLOTS];
-    uint16_t payload_len;
-    uint16_t prefix_len;
+    uint32_t payload_start; /* 0: no NFULA_PAYLOAD */
+    uint32_t payload_end;
+    uint8_t flags;
+    uint8_t prefix; /* 0: no NFULA_PREFIX, else 1 + its entry in the prefix table */
     uint16_t hook;
-    uint16_t reserved;
 };
-#define NFC_IDX_NO_HOOK 0xffffu
-/* Index count records from buf (host-order pcap records, NFC_RING_PCAP); returns how many
- * it indexed. */
-int nfc_index_records(const char *buf, uint64_t nbytes, uint32_t count, struct nfc_index *out);
+struct nfc_span {
+    uint32_t start, end; /* a prefix up to its NUL, in buf */
+};
+/* Rows for count records of buf (host-order pcap records, NFC_RING_PCAP); returns how many
+ * it made. prefixes[] (NFC_ROW_PREFIXES entries) gets the run's distinct prefixes, in order
+ * of first use, and *nprefixes their number. A repeated attribute: the last one counts. */
+int nfc_packet_rows(const char *buf, uint64_t nbytes, uint32_t count, struct nfc_packet_row *out,
+                    struct nfc_span *prefixes, uint32_t *nprefixes);
 
 /* Compile a tcpdump expression with libpcap for linktype (101: raw IP, what an NFLOG
  * payload is). 0, or -EINVAL with libpcap's message in errbuf, or -ENOMEM. */

@@ -1,7 +1,6 @@
 /* ipsec_nflog C core: the record format. Storing a kernel packet message as a ring record,
  * a pcap record or a pcapng EPB (the hot path: one TLV pass for seq, timestamp and payload),
- * and indexing pcap records for the
- * Python per-packet path, both over the one TLV walk in core.h. */
+ * and the rows of the Python per-packet path, both over the one TLV walk in core.h. */
 #define _GNU_SOURCE
 #include "core.h"
 
@@ -186,50 +185,66 @@ void nfc_store_packet(struct nfc_capture *c, struct nfc_group *g, const unsigned
     c->pending_bytes += reclen;
 }
 
-int nfc_index_records(const char *buf, uint64_t nbytes, uint32_t count, struct nfc_index *out)
+/* The entry of prefix (len bytes at v) in the run's table, added when new: 1 + its index,
+ * or 0 when the table is full. */
+static uint8_t prefix_entry(const char *buf, const unsigned char *v, uint32_t len,
+                            struct nfc_span *table, uint32_t *n)
+{
+    for (uint32_t i = *n; i-- > 0;)
+        if (table[i].end - table[i].start == len && !memcmp(buf + table[i].start, v, len))
+            return (uint8_t)(i + 1);
+    if (*n == NFC_ROW_PREFIXES)
+        return 0;
+    table[*n].start = (uint32_t)((const char *)v - buf);
+    table[*n].end = table[*n].start + len;
+    return (uint8_t)++*n;
+}
+
+int nfc_packet_rows(const char *buf, uint64_t nbytes, uint32_t count, struct nfc_packet_row *out,
+                    struct nfc_span *prefixes, uint32_t *nprefixes)
 {
     uint64_t off = 0;
     uint32_t i;
+    *nprefixes = 0;
+    if (nbytes > UINT32_MAX) /* the rows hold 32-bit offsets */
+        nbytes = UINT32_MAX;
     for (i = 0; i < count && off + REC_HDR <= nbytes; i++) {
-        struct nfc_index *x = &out[i];
+        struct nfc_packet_row *x = &out[i];
         uint32_t hdr[4];
         memcpy(hdr, buf + off, REC_HDR);
         if (off + REC_HDR + hdr[2] > nbytes)
             break;
-        memset(x->attr, 0, sizeof(x->attr));
-        x->payload_len = x->prefix_len = x->reserved = 0;
-        x->hook = NFC_IDX_NO_HOOK;
-        x->body_off = (uint32_t)(off + REC_HDR);
+        const unsigned char *body = (const unsigned char *)buf + off + REC_HDR;
+        const unsigned char *prefix = NULL;
+        uint32_t len = hdr[2], a_off, prefix_len = 0;
+        const struct nlattr *a;
+        memset(x, 0, sizeof(*x));
+        x->rec_off = (uint32_t)off;
         x->ts_sec = hdr[0];
         x->ts_usec = hdr[1];
-        x->caplen = hdr[2];
         x->orig_len = hdr[3];
-        const unsigned char *body = (const unsigned char *)buf + off + REC_HDR;
-        uint32_t len = hdr[2], a_off;
-        const struct nlattr *a;
+        x->hook = NFC_ROW_NO_HOOK;
         for (a_off = NFC_ATTR_START; (a = nfc_attr_at(body, len, a_off));
              a_off += NLA_ALIGN(a->nla_len)) {
-            if (a_off + NLA_HDRLEN > 0xffff) /* the index holds 16-bit offsets */
-                break;
             uint16_t type = a->nla_type & NLA_TYPE_MASK;
-            uint16_t vlen = (uint16_t)(a->nla_len - NLA_HDRLEN);
+            uint32_t vlen = a->nla_len - NLA_HDRLEN;
             const unsigned char *v = (const unsigned char *)a + NLA_HDRLEN;
-            if (type > 0 && type < NFC_IDX_SLOTS)
-                x->attr[type] = (uint16_t)(a_off + NLA_HDRLEN);
-            else
-                x->attr[0] |= NFC_IDX_UNKNOWN;
-            /* a repeated attribute: the last one counts, as for attr[] */
             if (type == NFULA_PAYLOAD) {
-                x->payload_len = vlen;
+                x->payload_start = (uint32_t)(off + REC_HDR + a_off + NLA_HDRLEN);
+                x->payload_end = x->payload_start + vlen;
             } else if (type == NFULA_PREFIX) {
                 const unsigned char *nul = memchr(v, 0, vlen);
-                x->prefix_len = (uint16_t)(nul ? (size_t)(nul - v) : vlen);
+                prefix = v;
+                prefix_len = nul ? (uint32_t)(nul - v) : vlen;
             } else if (type == NFULA_PACKET_HDR) {
-                x->hook = vlen >= 3 ? v[2] : NFC_IDX_NO_HOOK;
+                x->hook = vlen >= 3 ? v[2] : NFC_ROW_NO_HOOK;
             }
         }
-        if (a_off < len) /* a bad TLV, trailing bytes or an offset past 65535 */
-            x->attr[0] |= NFC_IDX_MALFORMED;
+        if (a_off < len) /* a bad TLV or trailing bytes */
+            x->flags |= NFC_ROW_SLOW;
+        else if (prefix && !(x->prefix = prefix_entry(buf, prefix, prefix_len, prefixes,
+                                                       nprefixes)))
+            x->flags |= NFC_ROW_SLOW;
         off += REC_HDR + hdr[2];
     }
     return (int)i;
