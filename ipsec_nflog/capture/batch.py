@@ -44,7 +44,8 @@ class Batch:
         return self.count
 
     def __iter__(self) -> Iterator[Packet]:
-        """Parsed packets; each owns a copy of its bytes and outlives the batch."""
+        """Parsed packets, which outlive the batch: they share one copy of its records
+        (``copy.copy(pkt)`` is a packet that owns only its own bytes)."""
         if self._released:
             raise ValueError("this batch was released: its records are gone from the ring")
         return self._capture._packets_of(self.data, self.count)

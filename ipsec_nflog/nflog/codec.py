@@ -28,7 +28,6 @@ from typing import Union
 __all__ = [
     "ATTR_NAMES",
     "HOST",
-    "INDEX_HEADER_WORDS",
     "INDEX_SLOTS",
     "INDEX_UNKNOWN",
     "NFGENMSG_LEN",
@@ -92,10 +91,8 @@ NLA_F_NESTED = 0x8000
 NLA_F_NET_BYTEORDER = 0x4000
 NLA_TYPE_MASK = ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER) & 0xFFFF
 
-# A parsed packet's index of its body (Packet._full_index): these header words (body_off,
-# caplen, ts_sec, ts_usec, orig_len), then INDEX_SLOTS value offsets by attribute type;
-# slot 0 holds the flags.
-INDEX_HEADER_WORDS = 5
+# A parsed packet's index of its body (Packet._full_index): value offsets by attribute type
+# (0: absent), with flags in slot 0.
 INDEX_SLOTS = 22
 INDEX_UNKNOWN = 1  # an attribute type without a slot
 

@@ -51,19 +51,6 @@ class LivePacket(Packet):
         return Packet, (self.raw, self.ts_sec, self.ts_usec, self.orig_len)
 
 
-_PREFIXES: dict[bytes, str] = {}  # decoded NFLOG prefixes: a capture has only a few
-_PREFIXES_MAX = 1024
-
-
-def _prefix_text(value: bytes) -> str:
-    text = _PREFIXES.get(value)
-    if text is None:
-        if len(_PREFIXES) >= _PREFIXES_MAX:
-            _PREFIXES.clear()
-        text = _PREFIXES[value] = value.decode("utf-8", "replace")
-    return text
-
-
 def packets_from_rows(run: bytes, rows: bytes, prefixes: bytes,
                       ifname_resolver: IfnameResolver | None) -> Iterator[Packet]:
     """The packets of a run of ring records, from the C core's rows for it (one
@@ -73,7 +60,7 @@ def packets_from_rows(run: bytes, rows: bytes, prefixes: bytes,
     live = LivePacket.__new__
     resolver = ifname_resolver or default_ifname
     texts: list[str | None] = [None]
-    texts += [_prefix_text(run[s:e]) for s, e in PREFIX_SPAN.iter_unpack(prefixes)]
+    texts += [run[s:e].decode("utf-8", "replace") for s, e in PREFIX_SPAN.iter_unpack(prefixes)]
     no_hook = ROW_NO_HOOK
     # one statement per store: a tuple assignment of four or more builds a tuple
     for at, sec, usec, olen, start, end, slow, prefix, hook in PACKET_ROW.iter_unpack(rows):

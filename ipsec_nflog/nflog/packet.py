@@ -17,7 +17,6 @@ from typing import Any, Generic, TypeVar, overload
 from ipsec_nflog.nflog.codec import (
     ATTR_NAMES,
     HOST,
-    INDEX_HEADER_WORDS,
     INDEX_SLOTS,
     INDEX_UNKNOWN,
     NFULA,
@@ -143,9 +142,9 @@ def default_ifname(index: int) -> str | None:
         return None
 
 
-_OFF_PACKET_HDR = INDEX_HEADER_WORDS + NFULA.PACKET_HDR
-_OFF_PAYLOAD = INDEX_HEADER_WORDS + NFULA.PAYLOAD
-_OFF_PREFIX = INDEX_HEADER_WORDS + NFULA.PREFIX
+_OFF_PACKET_HDR = NFULA.PACKET_HDR  # (the index has one slot per attribute type)
+_OFF_PAYLOAD = NFULA.PAYLOAD
+_OFF_PREFIX = NFULA.PREFIX
 
 AS_DICT_FIELDS = (
     "group family hw_protocol hook mark timestamp timestamp_synthesized indev outdev physindev "
@@ -237,7 +236,7 @@ class Packet(PacketBase):
         return "<" if self._le else ">"
 
     def _full_index(self) -> Sequence[int]:
-        """Value offsets by attribute type (codec's INDEX_* shape); indexes ``raw``
+        """Value offsets by attribute type, flags in slot 0 (codec.INDEX_SLOTS); indexes ``raw``
         (validating every TLV) on first use."""
         try:
             index = self._index
@@ -249,7 +248,7 @@ class Packet(PacketBase):
 
     def _offset(self, t: int) -> int:
         """Where attribute ``t``'s value starts in ``raw`` (0: absent)."""
-        return self._full_index()[INDEX_HEADER_WORDS + t]
+        return self._full_index()[t]
 
     def _length(self, off: int) -> int:
         """nla_len of the attribute whose value starts at ``off`` (header included)."""
@@ -352,7 +351,7 @@ class Packet(PacketBase):
     @property
     def unknown(self) -> dict[int, bytes]:
         """Attributes this parser does not know, kept by type."""
-        if not self._full_index()[INDEX_HEADER_WORDS] & INDEX_UNKNOWN:
+        if not self._full_index()[0] & INDEX_UNKNOWN:
             return {}
         return {t: bytes(v) for t, v in self.attrs.items() if t not in ATTR_NAMES}
 
@@ -367,12 +366,12 @@ class Packet(PacketBase):
 def _build_index(raw: Buffer, order: str) -> list[int]:
     """The index of one body, by the walk the C core's nfc_packet_rows makes: value offsets
     by attribute type (0: absent), flags in slot 0. Raises ParseError on bad TLVs."""
-    index = [0] * (INDEX_HEADER_WORDS + INDEX_SLOTS)
+    index = [0] * INDEX_SLOTS
     for atype, value, _ in walk_tlvs(raw, order):
         if 0 < atype < INDEX_SLOTS:
-            index[INDEX_HEADER_WORDS + atype] = value
+            index[atype] = value
         else:
-            index[INDEX_HEADER_WORDS] |= INDEX_UNKNOWN
+            index[0] |= INDEX_UNKNOWN
     return index
 
 
