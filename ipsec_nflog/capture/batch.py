@@ -24,7 +24,7 @@ class Batch:
     (``data[a:b]``, ``numpy.frombuffer``) cannot be revoked by CPython: they stay read-only
     views of ring memory that the capture reuses, so copy what must outlive the batch."""
 
-    __slots__ = ("_capture", "_released", "count", "data", "format", "nbytes")
+    __slots__ = ("_capture", "_copy", "_released", "count", "data", "format", "nbytes")
 
     def __init__(self, capture: Capture, data: memoryview, count: int,
                  format: str = "pcap") -> None:
@@ -34,6 +34,7 @@ class Batch:
         self.format = format
         self.nbytes = len(data)
         self._released = False
+        self._copy: bytes | None = None
 
     @property
     def groups(self) -> tuple[int, ...]:
@@ -44,11 +45,19 @@ class Batch:
         return self.count
 
     def __iter__(self) -> Iterator[Packet]:
-        """Parsed packets, which outlive the batch: they share one copy of its records
-        (``copy.copy(pkt)`` is a packet that owns only its own bytes)."""
+        """Parsed packets, which outlive the batch: they share one copy of its records,
+        ``tobytes()`` (``copy.copy(pkt)`` is a packet that owns only its own bytes)."""
+        return self._capture._packets_of(self.tobytes(), self.count)
+
+    def tobytes(self) -> bytes:
+        """The records as bytes that outlive the batch: one copy, made on the first call and
+        shared with the packets that iterating the batch makes (keep both for the price of
+        one)."""
         if self._released:
             raise ValueError("this batch was released: its records are gone from the ring")
-        return self._capture._packets_of(self.data, self.count)
+        if self._copy is None:
+            self._copy = self.data.tobytes()
+        return self._copy
 
     def release(self) -> None:
         """Give the ring space back. The space goes back even when a buffer export of

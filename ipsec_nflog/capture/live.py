@@ -301,11 +301,12 @@ class Capture:
         finally:
             loop.remove_reader(fd)
 
-    def _packets_of(self, view: memoryview, count: int,
+    def _packets_of(self, view: memoryview | bytes, count: int,
                     release: Batch | None = None) -> Iterator[Packet]:
-        """Packets from a run of ring records. C makes every record's row in one call, so
-        Python does no TLV walking; one copy of the run, which its packets share, lets the
-        ring space go back to the reader (``release``) before the first packet is yielded."""
+        """Packets from a run of ring records (a view of the ring, or a copy already made).
+        C makes every record's row in one call, so Python does no TLV walking; one copy of
+        the run, which its packets share, lets the ring space go back to the reader
+        (``release``) before the first packet is yielded."""
         if self.config.ring_format != "pcap" and release is not None:
             release.release()
         self._require_packets()
@@ -314,7 +315,7 @@ class Capture:
         spans = ffi.new("struct nfc_span[]", ROW_PREFIXES)
         nspans = ffi.new("uint32_t *")
         n = lib.nfc_packet_rows(ffi.from_buffer(view), len(view), count, rows, spans, nspans)
-        data = view.tobytes()
+        data = view if isinstance(view, bytes) else view.tobytes()
         if release is not None:
             release.release()
         return packets_from_rows(data, ffi.buffer(rows, n * PACKET_ROW.size)[:],

@@ -206,7 +206,7 @@ class NflogCapture:
         if batch is None:
             return 0
         with batch:
-            self._records.append((bytes(batch.data), batch.count))
+            self._records.append((batch.tobytes(), batch.count))  # the packets share it
             self._packets.extend(batch)
             return batch.count
 

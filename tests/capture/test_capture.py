@@ -230,6 +230,26 @@ def test_batch_view_dies_with_its_batch(netns: str) -> None:
             view[0]
 
 
+def test_batch_copy_is_made_once_and_shared_by_its_packets(netns: str) -> None:
+    nflog_rule(netns, "OUTPUT", 6410, 48)
+    with Capture(groups=[48], netns=netns) as cap:
+        send_udp(netns, "127.0.0.1", 6410, [b"c1", b"c2"])
+        wait_received(cap, 2)
+        batch = cap.read_batch(timeout=5)
+        assert batch is not None and batch.count == 2
+        records = batch.tobytes()
+        assert records == bytes(batch.data) and batch.tobytes() is records
+        packets = list(batch)
+        assert all(p._run is records for p in packets)  # type: ignore[attr-defined]
+        batch.release()
+        with pytest.raises(ValueError):
+            batch.tobytes()
+        # the packets and the copy outlive the batch and the ring's reuse of its space
+        send_udp(netns, "127.0.0.1", 6410, [b"c3"])
+        assert [p.ip.data.data for p in cap.packets(count=1, timeout=5)] == [b"c3"]
+        assert [p.ip.data.data for p in packets] == [b"c1", b"c2"]
+
+
 def test_close_is_idempotent_and_ends_iteration(netns: str) -> None:
     cap = Capture(groups=[45], netns=netns)
     cap.close()
