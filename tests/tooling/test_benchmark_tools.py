@@ -257,3 +257,41 @@ def test_iterator_target_takes_our_better_iterator_against_the_best_peer() -> No
     assert verdict == "missed" and text.startswith("1.13x: iter ")
     del cells[("pcapy-parse", 64, 0)], cells[("scapy", 64, 0)]
     assert targets15._rate_rows(cells)[-1][1:] == ("not measured (no peer ran)", "—")
+
+
+@pytest.mark.requires_core
+def test_iter_build_compares_rows_that_see_the_same_fields() -> None:
+    """benchmarks/iter_build.py: the peer's walk finds the payload, prefix and hook our
+    packets have, on the same records, and the report has a row for each way."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import iter_build  # type: ignore[import-not-found]
+        from bench_writer import make_ring  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(BENCH))
+    from ipsec_nflog.capture.config import CaptureConfig
+    from ipsec_nflog.capture.live import Capture
+    from ipsec_nflog.nflog.codec import RECORD_HEADER
+
+    (buf, count), = make_ring(40, 64, 40)[0]
+    with Capture._offline(CaptureConfig(groups=(1,))) as cap:
+        ours = [(p.payload, p.prefix, p.hook, p.ts_sec, p.ts_usec, p.orig_len)
+                for p in cap._packets_of(buf, count)]
+    records, off = [], 0
+    while off < len(buf):
+        header = RECORD_HEADER.unpack_from(buf, off)
+        records.append((header, bytes(buf[off + 16 : off + 16 + header[2]])))
+        off += 16 + header[2]
+    theirs = [(p.payload, p.prefix, p.hook, p.ts_sec, p.ts_usec, p.orig_len)
+              for p in iter_build.peer_objects(records)]
+    assert ours == theirs and len(ours) == 40 and ours[0][1] == "bench"
+    assert iter_build.peer_walk(records) == 40
+
+    r = subprocess.run([sys.executable, str(BENCH / "iter_build.py"), "--packets", "300",
+                        "--batch", "100", "--repeats", "1"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "x |" in line]
+    assert [row.split(" | ")[0][2:] for row in rows] == [
+        "ours", "peer walk", "peer walk + objects", "file parser"]
+    assert rows[0].endswith("| 1.00x |")
