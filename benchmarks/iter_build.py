@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_writer import make_ring  # benchmarks/ is not a package
 from consumers import look_at, nflog_fields
 
-from ipsec_nflog.nflog.codec import RECORD_HEADER
+from ipsec_nflog.nflog.codec import walk_records
 from ipsec_nflog.nflog.packet import iter_records
 
 
@@ -46,6 +46,12 @@ class PeerPacket:
         self.ts_sec, self.ts_usec, _, self.orig_len = header
         self.raw = raw
         self.payload, self.prefix, self.hook = nflog_fields(raw)
+
+
+def peer_records(runs: Iterable[memoryview]) -> list[tuple[tuple[int, int, int, int], bytes]]:
+    """(record header, body) of each record, as libpcap hands them to pcapy."""
+    return [((sec, usec, caplen, olen), bytes(run[body : body + caplen]))
+            for run in runs for sec, usec, caplen, olen, body in walk_records(run)]
 
 
 def peer_walk(records: list[tuple[tuple[int, int, int, int], bytes]]) -> int:
@@ -98,14 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from ipsec_nflog.capture.live import Capture
 
     batches, _ = make_ring(args.packets, 64, args.batch)
-    records = []
-    for buf, _count in batches:
-        off = 0
-        while off < len(buf):
-            header = RECORD_HEADER.unpack_from(buf, off)
-            body = off + RECORD_HEADER.size
-            records.append((header, bytes(buf[body : body + header[2]])))
-            off = body + header[2]
+    records = peer_records([buf for buf, _ in batches])
 
     def over_batches(each: Callable[[memoryview, int], Iterable[object]]) -> Callable[[], int]:
         return lambda: sum(look_at(each(buf, n))[0] for buf, n in batches)

@@ -271,17 +271,12 @@ def test_iter_build_compares_rows_that_see_the_same_fields() -> None:
         sys.path.remove(str(BENCH))
     from ipsec_nflog.capture.config import CaptureConfig
     from ipsec_nflog.capture.live import Capture
-    from ipsec_nflog.nflog.codec import RECORD_HEADER
 
     (buf, count), = make_ring(40, 64, 40)[0]
     with Capture._offline(CaptureConfig(groups=(1,))) as cap:
         ours = [(p.payload, p.prefix, p.hook, p.ts_sec, p.ts_usec, p.orig_len)
                 for p in cap._packets_of(buf, count)]
-    records, off = [], 0
-    while off < len(buf):
-        header = RECORD_HEADER.unpack_from(buf, off)
-        records.append((header, bytes(buf[off + 16 : off + 16 + header[2]])))
-        off += 16 + header[2]
+    records = iter_build.peer_records([buf])
     theirs = [(p.payload, p.prefix, p.hook, p.ts_sec, p.ts_usec, p.orig_len)
               for p in iter_build.peer_objects(records)]
     assert ours == theirs and len(ours) == 40 and ours[0][1] == "bench"
