@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with Capture._offline(CaptureConfig(groups=(1,))) as cap:
         runs: dict[str, Callable[[], int]] = {
-            "ours": over_batches(cap._packets_of),
+            "ours": over_batches(lambda buf, n: cap._packets_of(buf.tobytes(), n)),
             "peer walk": lambda: peer_walk(records),
             "peer walk + objects": lambda: look_at(peer_objects(records))[0],
             "file parser": over_batches(lambda buf, n: iter_records(buf)),

@@ -22,9 +22,9 @@ from ipsec_nflog.capture.batch import Batch
 from ipsec_nflog.capture.config import RING_FORMATS, CaptureConfig
 from ipsec_nflog.capture.errmap import raise_for_errno
 from ipsec_nflog.capture.filter import Filter
+from ipsec_nflog.capture.rows import packet_rows
 from ipsec_nflog.capture.select import hook_mask
 from ipsec_nflog.capture.stats import CaptureStats, GroupStats
-from ipsec_nflog.nflog.codec import PACKET_ROW, PREFIX_SPAN, ROW_PREFIXES
 from ipsec_nflog.nflog.live_packet import packets_from_rows
 from ipsec_nflog.nflog.packet import IfnameResolver, Packet
 from ipsec_nflog.system.netns import interface_index, open_netns, run_in_netns
@@ -262,7 +262,7 @@ class Capture:
                 return
             if left is not None:
                 left -= batch.count
-            yield self._packets_of(batch.data, batch.count, release=batch)
+            yield self._packets_of(batch.tobytes(), batch.count, release=batch)
 
     def __iter__(self) -> Iterator[Packet]:
         return self.packets()
@@ -294,32 +294,26 @@ class Capture:
                         return
                     continue
                 n = batch.count
-                for pkt in self._packets_of(batch.data, n, release=batch):
+                for pkt in self._packets_of(batch.tobytes(), n, release=batch):
                     yield pkt
                 if left is not None:
                     left -= n
         finally:
             loop.remove_reader(fd)
 
-    def _packets_of(self, view: memoryview | bytes, count: int,
+    def _packets_of(self, records: bytes, count: int,
                     release: Batch | None = None) -> Iterator[Packet]:
-        """Packets from a run of ring records (a view of the ring, or a copy already made).
-        C makes every record's row in one call, so Python does no TLV walking; one copy of
-        the run, which its packets share, lets the ring space go back to the reader
-        (``release``) before the first packet is yielded."""
+        """Packets from a copy of a run of ring records (``Batch.tobytes()``), which they
+        share. C makes every record's row in one call, so Python does no TLV walking; the
+        ring space goes back to the reader (``release``) before the first packet is
+        yielded."""
         if self.config.ring_format != "pcap" and release is not None:
             release.release()
         self._require_packets()
-        ffi, lib = self._ffi, self._lib
-        rows = ffi.new("struct nfc_packet_row[]", count)
-        spans = ffi.new("struct nfc_span[]", ROW_PREFIXES)
-        nspans = ffi.new("uint32_t *")
-        n = lib.nfc_packet_rows(ffi.from_buffer(view), len(view), count, rows, spans, nspans)
-        data = view if isinstance(view, bytes) else view.tobytes()
+        rows, prefixes = packet_rows(records, count)
         if release is not None:
             release.release()
-        return packets_from_rows(data, ffi.buffer(rows, n * PACKET_ROW.size)[:],
-                                 ffi.buffer(spans, nspans[0] * PREFIX_SPAN.size)[:], self._ifname)
+        return packets_from_rows(records, rows, prefixes, self._ifname)
 
     def _require_packets(self) -> None:
         if self.config.ring_format != "pcap":

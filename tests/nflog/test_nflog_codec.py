@@ -207,14 +207,9 @@ class Rows:
 
 
 def c_rows(ring: bytes, count: int) -> Rows:
-    from ipsec_nflog.capture._native import ffi, lib
+    from ipsec_nflog.capture.rows import packet_rows
 
-    rows = ffi.new("struct nfc_packet_row[]", count)
-    spans = ffi.new("struct nfc_span[]", ROW_PREFIXES)
-    nspans = ffi.new("uint32_t *")
-    n = lib.nfc_packet_rows(ffi.from_buffer(ring), len(ring), count, rows, spans, nspans)
-    row_bytes = ffi.buffer(rows, n * PACKET_ROW.size)[:]
-    span_bytes = ffi.buffer(spans, nspans[0] * PREFIX_SPAN.size)[:]
+    row_bytes, span_bytes = packet_rows(ring, count)
     return Rows(list(PACKET_ROW.iter_unpack(row_bytes)), row_bytes, span_bytes,
                 [ring[a:b] for a, b in PREFIX_SPAN.iter_unpack(span_bytes)])
 

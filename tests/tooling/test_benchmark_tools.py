@@ -275,7 +275,7 @@ def test_iter_build_compares_rows_that_see_the_same_fields() -> None:
     (buf, count), = make_ring(40, 64, 40)[0]
     with Capture._offline(CaptureConfig(groups=(1,))) as cap:
         ours = [(p.payload, p.prefix, p.hook, p.ts_sec, p.ts_usec, p.orig_len)
-                for p in cap._packets_of(buf, count)]
+                for p in cap._packets_of(buf.tobytes(), count)]
     records = iter_build.peer_records([buf])
     theirs = [(p.payload, p.prefix, p.hook, p.ts_sec, p.ts_usec, p.orig_len)
               for p in iter_build.peer_objects(records)]
