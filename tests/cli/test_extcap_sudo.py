@@ -135,7 +135,8 @@ def test_a_member_captures_exactly_the_sent_packets(sudo_setup: SudoSetup, netns
     try:
         binder = _wait_binder(netns, group, tshark)
         # the capture holding the group runs as the member; root only keeps the rules
-        assert _uid_of(binder) == pwd.getpwnam(s.member).pw_uid
+        member_uid = pwd.getpwnam(s.member).pw_uid
+        assert _settled_uid(binder, member_uid) == member_uid
         err = send_once_rules_are_in(netns, tshark)
     finally:
         if tshark.poll() is None:
@@ -162,6 +163,16 @@ def _wait_binder(netns: str, group: int, proc: subprocess.Popen[str]) -> int:
             pytest.fail(f"tshark exited early: {proc.communicate()[1]}")
         assert time.monotonic() < deadline, f"group {group} never bound"
         time.sleep(0.05)
+
+
+def _settled_uid(pid: int, wanted: int) -> int:
+    """The binder's effective uid once it has dropped to ``wanted`` (the capture binds the
+    group as root and drops right after: a few ms in which it is still root), or the uid it
+    still has after 10 s."""
+    deadline = time.monotonic() + 10
+    while (uid := _uid_of(pid)) != wanted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return uid
 
 
 def _uid_of(pid: int) -> int:
