@@ -412,6 +412,7 @@ class RunResult:
     send_elapsed: float = 0.0
     send_errors: dict[str, int] = field(default_factory=dict)
     captured: int = 0
+    file_bytes: int = 0  # the capture file's size after the run
     cpu_s: float = 0.0
     drain_s: float = 0.0
     socket_drops: int | None = None
@@ -436,6 +437,15 @@ class RunResult:
     @property
     def cpu_us_per_pkt(self) -> float | None:
         return 1e6 * self.cpu_s / self.captured if self.captured else None
+
+    @property
+    def cpu_ns_per_byte(self) -> float | None:
+        """Reader CPU per byte of the file written: what a writer's cost follows."""
+        return 1e9 * self.cpu_s / self.file_bytes if self.file_bytes else None
+
+    @property
+    def bytes_per_pkt(self) -> float | None:
+        return self.file_bytes / self.captured if self.captured and self.file_bytes else None
 
 
 class Bench:
@@ -538,8 +548,9 @@ class Bench:
                 raise RuntimeError(f"capture file has link types {sorted(fc.linktypes)}, "
                                    f"expected {tool.linktype}")
             res.captured = fc.records
+            res.file_bytes = os.path.getsize(out)
             res.keepup = keepup(samples, a.duration, res.achieved, fc.records,
-                                os.path.getsize(out))
+                                res.file_bytes)
         except Exception as e:
             res.error = str(e)
         finally:
@@ -1226,8 +1237,10 @@ def main(argv: list[str] | None = None) -> int:
         if not a.keep_files:
             shutil.rmtree(workdir, ignore_errors=True)
 
+    side = (python_side(a.python) if not interrupted and 0 in a.rates and 64 in a.sizes
+            and {t.name for t in active} & {"iter", "iter-batch"} else None)
     report = render(a, results, [t.name for t in active], skipped, time.time() - started,
-                    interrupted, idle_before, memory.describe())
+                    interrupted, idle_before, memory.describe(), side)
     print(report)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     md = os.path.join(a.outdir, f"bench-{stamp}.md")
@@ -1237,6 +1250,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(jpath, "w") as f:
         json.dump({"args": {k: v for k, v in vars(a).items()},
                    "machine": machine_info(),
+                   "python_side": side,
                    "runs": [dict(vars(r), achieved=r.achieved, loss=r.loss,
                                  cpu_us_per_pkt=r.cpu_us_per_pkt) for r in results]},
                   f, indent=1, default=str)
@@ -1256,9 +1270,25 @@ def _progress(i: int, total: int, r: RunResult) -> None:
         f"{'-' if cpu is None else f'{cpu:.3f}'} us/pkt drain {r.drain_s:.2f}s{extra}")
 
 
+def python_side(python: str) -> dict[str, list[float]] | str:
+    """iter_build.py's figures (µs per packet of each repeat, per row), measured after the
+    readers and before the report, or why not."""
+    log("the iterator's Python side alone: benchmarks/iter_build.py")
+    try:
+        r = subprocess.run([python, os.path.join(HERE, "iter_build.py"), "--json"],
+                           capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"iter_build.py failed: {e}"
+    if r.returncode != 0:
+        return f"iter_build.py failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}"
+    side: dict[str, list[float]] = json.loads(r.stdout)
+    return side
+
+
 def render(a: argparse.Namespace, results: list[RunResult], tools: list[str],
            skipped: dict[str, str], elapsed: float, interrupted: bool,
-           idle_before: float, memory: str = "not recorded") -> str:
+           idle_before: float, memory: str = "not recorded",
+           side: dict[str, list[float]] | str | None = None) -> str:
     cells = cells_of(results)
     tol = a.loss_tolerance
     sums = {(t, sz): summarize(cells, t, sz, tol, a.keepup_min) for t in tools
@@ -1308,7 +1338,7 @@ def render(a: argparse.Namespace, results: list[RunResult], tools: list[str],
                          if others else "—") + " of a CPU on other work during the runs")
         out += ["", "### Targets (issue 15: ratios in this run)", "",
                 targets15_table(cells, a.sizes, a.rates,
-                                lambda c: c.sustained(tol, a.keepup_min), background)]
+                                lambda c: c.sustained(tol, a.keepup_min), background, side)]
     return "\n".join(out)
 
 

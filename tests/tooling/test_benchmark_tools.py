@@ -259,6 +259,50 @@ def test_iterator_target_takes_our_better_iterator_against_the_best_peer() -> No
     assert targets15._rate_rows(cells)[-1][1:] == ("not measured (no peer ran)", "—")
 
 
+def test_the_targets_judged_instead_pcapng_per_byte_and_the_python_side() -> None:
+    """The two rows the README argues for: pcapng's reader CPU per byte written against
+    pcap's (with the file bytes per packet shown), and iter_build's Python side against the
+    peer that hands out packets, with the noise of its repeats."""
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("bench_targets15", BENCH / "targets15.py")
+    assert spec and spec.loader
+    targets15 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(targets15)
+
+    class Cell:
+        def __init__(self, *runs: tuple[float, int, int]) -> None:  # cpu s, bytes, packets
+            self.runs = [SimpleNamespace(cpu_ns_per_byte=1e9 * c / b, bytes_per_pkt=b / n,
+                                         cpu_us_per_pkt=1e6 * c / n) for c, b, n in runs]
+
+        def vals(self, f: object) -> list[float]:
+            return [f(r) for r in self.runs]  # type: ignore[operator]
+
+    # pcapng: 1.3x the CPU per packet, for 1.25x the bytes: 1.04x per byte
+    cells = {("cli", 64, 0): Cell((1.0, 172_000_000, 1_000_000)),
+             ("cli-pcapng", 64, 0): Cell((1.3, 215_000_000, 1_000_000))}
+    what, text, verdict = targets15._per_byte_row(cells)
+    assert "per byte written" in what and verdict == "met", text
+    assert text.startswith("1.04x") and "215 against 172 (1.25x)" in text
+    assert targets15._ratio_row(cells, "", "cli-pcapng", "cli", 1.1)[2] == "missed"
+    cells[("cli-pcapng", 64, 0)] = Cell((1.6, 215_000_000, 1_000_000))
+    assert targets15._per_byte_row(cells)[2] == "missed"
+    del cells[("cli", 64, 0)]
+    assert targets15._per_byte_row(cells)[1:] == ("not measured (cli missing)", "—")
+
+    side = {"ours": [0.70, 0.72], "peer walk": [1.75, 1.8], "peer walk + objects": [2.2, 2.3]}
+    what, text, verdict = targets15._python_side_row(side)
+    assert "Python side" in what and verdict == "met", text
+    assert text.startswith("3.17x (noise allows 3.06-3.29x)") and "bare walk alone 2.50x" in text
+    side["ours"] = [0.70, 0.80]
+    assert targets15._python_side_row(side)[2] == "met (within noise)"
+    side["ours"] = [0.9]
+    assert targets15._python_side_row(side)[2] == "missed"
+    assert targets15._python_side_row("iter_build.py failed: boom")[1:] == (
+        "not measured (iter_build.py failed: boom)", "—")
+    assert targets15._python_side_row(None)[1] == "not measured (iter_build.py not run)"
+
+
 @pytest.mark.requires_core
 def test_iter_build_compares_rows_that_see_the_same_fields() -> None:
     """benchmarks/iter_build.py: the peer's walk finds the payload, prefix and hook our
@@ -290,3 +334,10 @@ def test_iter_build_compares_rows_that_see_the_same_fields() -> None:
     assert [row.split(" | ")[0][2:] for row in rows] == [
         "ours", "peer walk", "peer walk + objects", "file parser"]
     assert rows[0].endswith("| 1.00x |")
+    r = subprocess.run([sys.executable, str(BENCH / "iter_build.py"), "--packets", "300",
+                        "--batch", "100", "--repeats", "2", "--json"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    side = json.loads(r.stdout)
+    assert list(side) == ["ours", "peer walk", "peer walk + objects", "file parser"]
+    assert all(len(v) == 2 and min(v) > 0 for v in side.values())
