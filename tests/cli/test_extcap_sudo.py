@@ -9,11 +9,13 @@ and the test fails if any of it is left."""
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -89,6 +91,7 @@ def sudo_setup() -> Iterator[SudoSetup]:
     finally:
         _run([*EXTCAP, "--uninstall"])
         for user in (member, outsider):
+            _end_processes_of(user)  # a failed test's capture would keep its user alive
             _run(["userdel", user])
         _run(["groupdel", group])
         shutil.rmtree(home, ignore_errors=True)
@@ -96,6 +99,29 @@ def sudo_setup() -> Iterator[SudoSetup]:
         left += [u for u in (member, outsider) if _exists(pwd.getpwnam, u)]
         left += [group] if _exists(grp.getgrnam, group) else []
         assert not left, f"left behind: {left}"
+
+
+def _end_processes_of(user: str) -> None:
+    """SIGKILL whatever still runs as ``user``, and wait up to 5 s for it to be gone."""
+    if not _exists(pwd.getpwnam, user):
+        return
+    deadline = time.monotonic() + 5
+    while _run(["pgrep", "-u", user]).returncode == 0 and time.monotonic() < deadline:
+        _run(["pkill", "-KILL", "-u", user])
+        time.sleep(0.05)
+
+
+def _stop_tree(proc: subprocess.Popen[str]) -> None:
+    """End a capture started in its own session and everything under it: SIGTERM first,
+    which sudo relays and the capture ends on cleanly, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _exists(lookup: Callable[[str], object], name: str) -> bool:
@@ -131,7 +157,7 @@ def test_a_member_captures_exactly_the_sent_packets(sudo_setup: SudoSetup, netns
         "tshark", "-i", IFACE, "-o", f"extcap.ipsec_nflog.group:{group}",
         "-o", "extcap.ipsec_nflog.rules:ike-esp-out", "-o", f"extcap.ipsec_nflog.netns:{netns}",
         "-f", "udp port 500", "-a", "duration:4", "-w", str(out)], s.home),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         binder = _wait_binder(netns, group, tshark)
         # the capture holding the group runs as the member; root only keeps the rules
@@ -139,9 +165,8 @@ def test_a_member_captures_exactly_the_sent_packets(sudo_setup: SudoSetup, netns
         assert _settled_uid(binder, member_uid) == member_uid
         err = send_once_rules_are_in(netns, tshark)
     finally:
-        if tshark.poll() is None:
-            tshark.kill()
-            tshark.wait()
+        if tshark.poll() is None:  # the test failed before tshark's own end
+            _stop_tree(tshark)
     assert tshark.returncode == 0 and "Error by extcap" not in err, err
     assert payloads(out) == [b"keep-%d" % i for i in range(5)]
     assert {p.group for p in read_capture(str(out))} == {group}
