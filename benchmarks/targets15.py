@@ -35,6 +35,13 @@ def _spread(v: Sequence[float], unit: str = "µs") -> str:
             f"n={len(v)})")
 
 
+def _verdict(x: float, lo: float, hi: float, holds: Callable[[float], bool]) -> str:
+    """'met' or 'missed' for the ratio ``x``, '(within noise)' when the most and least
+    favourable repeats (``lo``, ``hi``) could give the other answer."""
+    verdict = "met" if holds(x) else "missed"
+    return verdict + (" (within noise)" if holds(lo) != holds(hi) else "")
+
+
 def _ratio_row(cells: Cells, what: str, a: str, b: str, limit: float,
                metric: str = "cpu_us_per_pkt", unit: str = "µs") -> tuple[str, str, str]:
     va, vb = _cpu(cells, a, metric=metric), _cpu(cells, b, metric=metric)
@@ -42,9 +49,7 @@ def _ratio_row(cells: Cells, what: str, a: str, b: str, limit: float,
         return what, f"not measured ({a if not va else b} missing)", "—"
     r = statistics.median(va) / statistics.median(vb)
     lo, hi = min(va) / max(vb), max(va) / min(vb)  # what the noise allows
-    verdict = "met" if r <= limit else "missed"
-    if (lo <= limit) != (hi <= limit):
-        verdict += " (within noise)"
+    verdict = _verdict(r, lo, hi, lambda r: r <= limit)
     return (what, f"{r:.2f}x (noise allows {lo:.2f}-{hi:.2f}x); {a} {_spread(va, unit)}, "
                   f"{b} {_spread(vb, unit)}", verdict)
 
@@ -55,8 +60,8 @@ def _per_byte_row(cells: Cells) -> tuple[str, str, str]:
     follows the bytes it writes."""
     what = ("(as judged instead) CLI --pcapng ≤ 1.1x the CLI's pcap per byte written, reader "
             "CPU")
-    _, text, verdict = _ratio_row(cells, what, "cli-pcapng", "cli", 1.1,
-                                      "cpu_ns_per_byte", "ns/B")
+    _, text, verdict = _ratio_row(cells, what, "cli-pcapng", "cli", 1.1, "cpu_ns_per_byte",
+                                  "ns/B")
     sizes = [statistics.median(v) for t in ("cli-pcapng", "cli")
              if (v := _cpu(cells, t, metric="bytes_per_pkt"))]
     if len(sizes) == 2:
@@ -76,9 +81,7 @@ def _python_side_row(side: PythonSide | str | None) -> tuple[str, str, str]:
     ours, peer, walk = side[SIDE_OURS], side[SIDE_PEER], side.get(SIDE_WALK) or []
     x = statistics.median(peer) / statistics.median(ours)
     lo, hi = min(peer) / max(ours), max(peer) / min(ours)
-    verdict = "met" if x >= 3 else "missed"
-    if (lo >= 3) != (hi >= 3):
-        verdict += " (within noise)"
+    verdict = _verdict(x, lo, hi, lambda r: r >= 3)
     text = (f"{x:.2f}x (noise allows {lo:.2f}-{hi:.2f}x); ours {_spread(ours)}, "
             f"{SIDE_PEER} {_spread(peer)}")
     if walk:
@@ -112,9 +115,7 @@ def _rate_rows(cells: Cells) -> list[tuple[str, str, str]]:
         (it, v), (best, pv) = ours, theirs
         x = statistics.median(pv) / statistics.median(v)  # packets/CPU-s: iter over peer
         lo, hi = min(pv) / max(v), max(pv) / min(v)
-        verdict = "met" if x >= 3 else "missed"
-        if (lo >= 3) != (hi >= 3):
-            verdict += " (within noise)"
+        verdict = _verdict(x, lo, hi, lambda r: r >= 3)
         rows.append((what, f"{x:.2f}x: {it} {_spread(v)}, {best} {_spread(pv)} (noise "
                            f"allows {lo:.2f}-{hi:.2f}x)", verdict))
     else:
