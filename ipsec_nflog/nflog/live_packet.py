@@ -22,6 +22,11 @@ _HEADER = RECORD_HEADER.unpack_from
 _BODY = RECORD_HEADER.size  # a record's body follows its header
 
 
+def _record_body(run: bytes, at: int) -> bytes:
+    """The body (``raw``) of the record whose header is at ``at`` in ``run``."""
+    return run[at + _BODY : at + _BODY + _HEADER(run, at)[2]]
+
+
 class LivePacket(Packet):
     """A captured packet: payload, prefix, hook, the timestamps and ``orig_len`` are plain
     attributes set when it was made. The packets of one run share one copy of its records
@@ -42,8 +47,7 @@ class LivePacket(Packet):
     def raw(self) -> bytes:  # type: ignore[override]  # read-only here: the run is shared
         raw = self._raw
         if raw is None:
-            at = self._at
-            raw = self._raw = self._run[at + _BODY : at + _BODY + _HEADER(self._run, at)[2]]
+            raw = self._raw = _record_body(self._run, self._at)
         return raw
 
     def __reduce__(self) -> tuple[type[Packet], tuple[bytes, int, int, int]]:
@@ -65,8 +69,7 @@ def packets_from_rows(run: bytes, rows: bytes, prefixes: bytes,
     # one statement per store: a tuple assignment of four or more builds a tuple
     for at, sec, usec, olen, start, end, slow, prefix, hook in PACKET_ROW.iter_unpack(rows):
         if slow:
-            caplen = _HEADER(run, at)[2]
-            yield Packet(run[at + _BODY : at + _BODY + caplen], sec, usec, olen, HOST, resolver)
+            yield Packet(_record_body(run, at), sec, usec, olen, HOST, resolver)
             continue
         p = live(LivePacket)
         p._run = run

@@ -142,9 +142,10 @@ def default_ifname(index: int) -> str | None:
         return None
 
 
-_OFF_PACKET_HDR = NFULA.PACKET_HDR  # (the index has one slot per attribute type)
-_OFF_PAYLOAD = NFULA.PAYLOAD
-_OFF_PREFIX = NFULA.PREFIX
+# slots of the index (one per attribute type), as plain ints for the hot properties
+_SLOT_PACKET_HDR = int(NFULA.PACKET_HDR)
+_SLOT_PAYLOAD = int(NFULA.PAYLOAD)
+_SLOT_PREFIX = int(NFULA.PREFIX)
 
 AS_DICT_FIELDS = (
     "group family hw_protocol hook mark timestamp timestamp_synthesized indev outdev physindev "
@@ -275,7 +276,7 @@ class Packet(PacketBase):
     def hook(self) -> int | None:
         # inlined: hook, payload and prefix are what nearly every consumer reads
         index = self._index
-        off = index[_OFF_PACKET_HDR] if index is not None else self._offset(NFULA.PACKET_HDR)
+        off = index[_SLOT_PACKET_HDR] if index is not None else self._offset(NFULA.PACKET_HDR)
         return self.raw[off + 2] if off and self._length(off) >= 7 else None
 
     @property
@@ -317,13 +318,13 @@ class Packet(PacketBase):
     @property
     def payload(self) -> bytes | None:
         index = self._index
-        off = index[_OFF_PAYLOAD] if index is not None else self._offset(NFULA.PAYLOAD)
+        off = index[_SLOT_PAYLOAD] if index is not None else self._offset(NFULA.PAYLOAD)
         return self.raw[off : off + self._length(off) - 4] if off else None
 
     @property
     def prefix(self) -> str | None:
         index = self._index
-        off = index[_OFF_PREFIX] if index is not None else self._offset(NFULA.PREFIX)
+        off = index[_SLOT_PREFIX] if index is not None else self._offset(NFULA.PREFIX)
         if not off:
             return None
         value = self.raw[off : off + self._length(off) - 4]
